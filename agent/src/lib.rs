@@ -1,1 +1,141 @@
-//! placeholder
+//! The ipcplane agent: owns every shared-memory segment on the host, grants
+//! them to processes as sealed memfds over the grant socket, enforces tenant
+//! quotas, serves the gRPC control API, and audits every decision in SQLite.
+//!
+//! # Layout
+//! - [`core`]: the pure tables and policy (no I/O); both doors call it.
+//! - [`service`]: the operations: core decision, memfd I/O, audit commit.
+//! - [`grant`]: the grant socket (SOCK_SEQPACKET, SCM_RIGHTS).
+//! - [`control`]: the gRPC control API, health and reflection.
+//! - [`audit`]: the SQLite store with group commit.
+//! - [`config`], [`identity`], [`filter`], [`convert`], [`shutdown`]: the rest.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod config;
+pub mod control;
+pub mod convert;
+pub mod core;
+pub mod filter;
+pub mod grant;
+pub mod identity;
+pub mod service;
+pub mod shutdown;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::audit::{AuditLog, Event, Outcome};
+use crate::config::Config;
+use crate::core::{Caller, Core};
+use crate::identity::Policy;
+use crate::service::Agent;
+use crate::shutdown::Shutdown;
+
+/// Runs the agent until `shutdown` fires or a server fails; on the way out the
+/// sockets are removed and the audit log is flushed and closed.
+///
+/// # Errors
+/// Start-up failures (directories, database, sockets) and server failures.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    create_dir(&config.runtime_dir, 0o755)?;
+    if let Some(parent) = config.database.parent() {
+        create_dir(parent, 0o700)?;
+    }
+    let (audit, writer, restored) = AuditLog::open(&config.database)
+        .await
+        .context("opening the audit database")?;
+    let mut core = Core::new(config.default_limits, restored.next_segment_id);
+    for (tenant, limits) in &restored.quota_overrides {
+        core.load_quota_override(tenant, Some(*limits));
+    }
+    let grant_socket = config.grant_socket();
+    let control_socket = config.control_socket();
+    let grant_listener = grant::bind(&grant_socket)
+        .with_context(|| format!("binding the grant socket {}", grant_socket.display()))?;
+    let control_listener = control::bind(&control_socket, config.control_gid)
+        .with_context(|| format!("binding the control socket {}", control_socket.display()))?;
+
+    let agent = Arc::new(Agent::new(
+        core,
+        audit.clone(),
+        Policy::new(&config),
+        grant_socket.clone(),
+        config.database.clone(),
+    ));
+    let itself = agent_caller();
+    audit
+        .record(Event::new(
+            &itself,
+            "agent.start",
+            "agent",
+            Outcome::Allowed,
+            format!("version {}", env!("CARGO_PKG_VERSION")),
+        ))
+        .await?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        grant = %grant_socket.display(),
+        control = %control_socket.display(),
+        database = %config.database.display(),
+        "agent ready"
+    );
+
+    let grant_task = tokio::spawn(grant::serve(
+        agent.clone(),
+        grant_listener,
+        shutdown.clone(),
+    ));
+    let control_task = tokio::spawn(control::serve(
+        agent.clone(),
+        control_listener,
+        shutdown.clone(),
+    ));
+    let (grant_result, control_result) = tokio::join!(grant_task, control_task);
+
+    for socket in [&grant_socket, &control_socket] {
+        if let Err(error) = std::fs::remove_file(socket) {
+            tracing::warn!(cause = %error, socket = %socket.display(), "cannot remove socket");
+        }
+    }
+    audit
+        .record(Event::new(
+            &itself,
+            "agent.stop",
+            "agent",
+            Outcome::Allowed,
+            "",
+        ))
+        .await?;
+    audit.close().await;
+    drop(agent);
+    drop(audit);
+    // Grant connections still draining hold handles; the writer ends with them.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    grant_result?.context("grant socket")?;
+    control_result?.context("control socket")?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// The agent itself, as the subject of its own audit events.
+fn agent_caller() -> Caller {
+    Caller {
+        pid: std::process::id(),
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        tenant: "agent".into(),
+        admin: true,
+    }
+}
+
+fn create_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
+}

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`v1`]: all messages, plus the gRPC clients and servers of the control API.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
+//! - [`paths`]: where the sockets are by default; [`units`]: byte sizes as text.
 //! - [`GRANT_PROTOCOL_VERSION`] and [`MAX_GRANT_DATAGRAM`]: the grant socket's framing.
 #![forbid(unsafe_code)]
 
@@ -97,3 +98,5 @@ pub mod paths {
         }
     }
 }
+
+pub mod units;

@@ -1,0 +1,397 @@
+//! The grant socket: a `SOCK_SEQPACKET` UNIX socket (mode 0666; trust comes
+//! from the kernel's peer credentials) where SDK clients ask for segments and
+//! receive their memfds in SCM_RIGHTS, one datagram each way per request.
+//!
+//! Hostile traffic is expected. Oversized or undecodable datagrams get an
+//! error and the connection is closed; fds a client sends are closed at once;
+//! requests before `Hello` are refused. Every fd the agent receives or opens
+//! for a connection is an `OwnedFd`, so nothing leaks when a task ends.
+//!
+//! tokio has no SEQPACKET socket type. [`Readiness`] registers our sockets
+//! with the runtime through `UnixDatagram::from_std` (the safe way since
+//! `AsyncFd::new` was deprecated); it is used only for readiness, and every
+//! system call on the socket is ours (`accept4`, `recvmsg`, `sendmsg`).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use ipcplane_proto::v1::{self, grant_request, grant_response};
+use ipcplane_proto::{GRANT_PROTOCOL_VERSION, MAX_GRANT_DATAGRAM};
+use ipcplane_shm::fdpass;
+use prost::Message;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use tokio::io::Interest;
+use tokio::net::UnixDatagram;
+use tokio::sync::Semaphore;
+
+use crate::audit::{Event, Outcome};
+use crate::convert;
+use crate::core::{Caller, ClientId, CoreError, SegmentId, SegmentSpec, Target};
+use crate::service::{Agent, ServiceError};
+use crate::shutdown::Shutdown;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Binds the grant socket at `path`, mode 0666. A stale socket file left by a
+/// dead agent is replaced; a live agent on it is an error.
+///
+/// # Errors
+/// The socket cannot be created or bound, or another agent is serving it.
+pub fn bind(path: &Path) -> io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new(path)?;
+    if path.exists() {
+        let probe = seqpacket()?;
+        match rustix::net::connect(&probe, &addr) {
+            Ok(()) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another agent is serving {}", path.display()),
+                ));
+            }
+            Err(_) => std::fs::remove_file(path)?,
+        }
+    }
+    let listener = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&listener, &addr)?;
+    rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(0o666))?;
+    rustix::net::listen(&listener, 1024)?;
+    Ok(listener)
+}
+
+fn seqpacket() -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Accepts connections until shutdown, one task each.
+///
+/// # Errors
+/// The listener cannot be registered with the runtime.
+pub async fn serve(agent: Arc<Agent>, listener: OwnedFd, shutdown: Shutdown) -> io::Result<()> {
+    let listener = Readiness::new(listener)?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            () = shutdown.wait() => return Ok(()),
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            () = shutdown.wait() => return Ok(()),
+            accepted = listener.io(Interest::READABLE, |l| {
+                Ok(rustix::net::accept_with(l, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?)
+            }) => accepted,
+        };
+        match accepted {
+            Ok(socket) => {
+                let agent = agent.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = Connection::serve(agent, socket, shutdown).await {
+                        tracing::debug!(cause = %error, "grant connection ended with an error");
+                    }
+                    drop(slot);
+                });
+            }
+            // EMFILE, ECONNABORTED and friends: log and keep accepting.
+            Err(error) => tracing::warn!(cause = %error, "accept on the grant socket failed"),
+        }
+    }
+}
+
+/// One client connection.
+struct Connection {
+    agent: Arc<Agent>,
+    socket: Readiness,
+    caller: Caller,
+    client: Option<ClientId>,
+    /// Pins the peer process for as long as the connection lives.
+    _pidfd: OwnedFd,
+}
+
+impl Connection {
+    async fn serve(agent: Arc<Agent>, socket: OwnedFd, shutdown: Shutdown) -> io::Result<()> {
+        let (caller, pidfd) = identify(&agent, &socket)?;
+        let mut connection = Connection {
+            agent,
+            socket: Readiness::new(socket)?,
+            caller,
+            client: None,
+            _pidfd: pidfd,
+        };
+        let result = tokio::select! {
+            () = shutdown.wait() => Ok(()),
+            result = connection.run() => result,
+        };
+        if let Some(client) = connection.client {
+            connection
+                .agent
+                .disconnect_client(&connection.caller, client)
+                .await;
+        }
+        result
+    }
+
+    async fn run(&mut self) -> io::Result<()> {
+        let mut buf = vec![0u8; MAX_GRANT_DATAGRAM];
+        loop {
+            let received = self
+                .socket
+                .io(Interest::READABLE, |s| fdpass::recv(s, &mut buf))
+                .await?;
+            if received.len == 0 && received.fds.is_empty() && !received.truncated {
+                return Ok(());
+            }
+            if received.truncated {
+                let message = format!("datagram larger than {MAX_GRANT_DATAGRAM} bytes");
+                return self.violation(0, message).await;
+            }
+            if !received.fds.is_empty() || received.fds_truncated {
+                // `received.fds` are closed when it drops, right here.
+                let message = "file descriptors are not accepted by the grant socket".to_owned();
+                return self.violation(0, message).await;
+            }
+            let request = match v1::GrantRequest::decode(&buf[..received.len]) {
+                Ok(request) => request,
+                Err(error) => {
+                    return self
+                        .violation(0, format!("malformed request: {error}"))
+                        .await;
+                }
+            };
+            let id = request.request_id;
+            match (request.kind, self.client) {
+                (Some(grant_request::Kind::Hello(hello)), None) => self.hello(id, hello).await?,
+                (None, _) => {
+                    let message = "unknown or missing request kind".to_owned();
+                    return self.violation(id, message).await;
+                }
+                (Some(_), None) => {
+                    return self
+                        .violation(id, "the first request must be hello".into())
+                        .await;
+                }
+                (Some(grant_request::Kind::Hello(_)), Some(_)) => {
+                    return self.violation(id, "hello was already done".into()).await;
+                }
+                (Some(kind), Some(client)) => {
+                    let (reply, fd) = match self.operate(client, kind).await {
+                        Ok(answer) => answer,
+                        Err(error) => (
+                            grant_response::Kind::Error(v1::GrantError::from(&error)),
+                            None,
+                        ),
+                    };
+                    self.send(id, reply, fd.as_ref().map(|fd| fd.as_fd()))
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn hello(&mut self, id: u64, hello: v1::Hello) -> io::Result<()> {
+        if hello.protocol_version != GRANT_PROTOCOL_VERSION {
+            let message = format!(
+                "grant protocol version {} is not supported; this agent speaks version {GRANT_PROTOCOL_VERSION}",
+                hello.protocol_version
+            );
+            return self.violation(id, message).await;
+        }
+        let client = match self.agent.connect_client(&self.caller).await {
+            Ok(client) => client,
+            Err(error) => {
+                let reply = grant_response::Kind::Error(v1::GrantError::from(&error));
+                return self.send(id, reply, None).await;
+            }
+        };
+        self.client = Some(client);
+        let reply = grant_response::Kind::Hello(v1::HelloReply {
+            protocol_version: GRANT_PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            pid: self.caller.pid,
+            uid: self.caller.uid,
+            gid: self.caller.gid,
+            tenant: self.caller.tenant.clone(),
+        });
+        self.send(id, reply, None).await
+    }
+
+    /// Runs one operation; a granted fd is returned beside the reply.
+    async fn operate(
+        &self,
+        client: ClientId,
+        kind: grant_request::Kind,
+    ) -> Result<(grant_response::Kind, Option<Arc<OwnedFd>>), ServiceError> {
+        let agent = &self.agent;
+        let caller = &self.caller;
+        let grant = |record, access, fd| {
+            let segment = grant_response::Kind::Segment(v1::SegmentGrant {
+                segment: Some(convert::segment(&record)),
+                access: convert::access_to_proto(access) as i32,
+            });
+            (segment, Some(fd))
+        };
+        match kind {
+            grant_request::Kind::CreateSegment(create) => {
+                let spec = match create_spec(&create) {
+                    Ok(spec) => spec,
+                    Err(refusal) => {
+                        return Err(agent
+                            .refused(caller, "segment.create", "segments", refusal)
+                            .await);
+                    }
+                };
+                let (record, fd) = agent.create_segment(caller, spec, Some(client)).await?;
+                Ok(grant(record, crate::core::Access::ReadWrite, fd))
+            }
+            grant_request::Kind::OpenSegment(open) => {
+                let parsed =
+                    open_target(&open).and_then(|t| Ok((t, convert::access(open.access)?)));
+                let (target, access) = match parsed {
+                    Ok(parsed) => parsed,
+                    Err(refusal) => {
+                        return Err(agent
+                            .refused(caller, "segment.open", "segments", refusal)
+                            .await);
+                    }
+                };
+                let (record, fd) = agent.open_segment(caller, client, &target, access).await?;
+                Ok(grant(record, access, fd))
+            }
+            grant_request::Kind::DetachSegment(detach) => {
+                agent
+                    .detach_segment(caller, client, SegmentId(detach.id))
+                    .await?;
+                Ok((grant_response::Kind::Done(v1::Done {}), None))
+            }
+            grant_request::Kind::DeleteSegment(delete) => {
+                agent.delete_segment(caller, SegmentId(delete.id)).await?;
+                Ok((grant_response::Kind::Done(v1::Done {}), None))
+            }
+            grant_request::Kind::Hello(_) => unreachable!("hello is handled before operate"),
+        }
+    }
+
+    /// Refuses a protocol violation: audits it, answers with an error, and
+    /// ends the connection.
+    async fn violation(&mut self, id: u64, message: String) -> io::Result<()> {
+        tracing::warn!(pid = self.caller.pid, uid = self.caller.uid, %message, "grant protocol violation");
+        let event = Event::new(
+            &self.caller,
+            "grant.protocol",
+            "grant.sock",
+            Outcome::Denied,
+            message.clone(),
+        );
+        if let Err(error) = self.agent.audit.record(event).await {
+            tracing::error!(cause = %error, "cannot audit a protocol violation");
+        }
+        let reply = grant_response::Kind::Error(v1::GrantError {
+            code: tonic::Code::InvalidArgument as i32,
+            message,
+            quota: String::new(),
+        });
+        // The peer may already be gone; the connection ends either way.
+        let _ = self.send(id, reply, None).await;
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        request_id: u64,
+        kind: grant_response::Kind,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> io::Result<()> {
+        let bytes = v1::GrantResponse {
+            request_id,
+            kind: Some(kind),
+        }
+        .encode_to_vec();
+        let fds: Vec<_> = fd.into_iter().collect();
+        self.socket
+            .io(Interest::WRITABLE, |s| fdpass::send(s, &bytes, &fds))
+            .await
+    }
+}
+
+/// A nonblocking socket registered with the runtime for readiness only.
+struct Readiness(UnixDatagram);
+
+impl Readiness {
+    fn new(socket: OwnedFd) -> io::Result<Readiness> {
+        UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(socket)).map(Readiness)
+    }
+
+    /// Runs the nonblocking `op` whenever the socket is ready for `interest`,
+    /// until it stops returning `WouldBlock`.
+    async fn io<R>(
+        &self,
+        interest: Interest,
+        mut op: impl FnMut(std::os::fd::BorrowedFd<'_>) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.0.async_io(interest, || op(self.0.as_fd())).await
+    }
+}
+
+/// The peer's kernel credentials and a pidfd pinning it. The pid from
+/// SO_PEERCRED must be the process the pidfd refers to, else the peer has
+/// exited (and its pid may have been reused) and the connection is refused.
+fn identify(agent: &Agent, socket: &OwnedFd) -> io::Result<(Caller, OwnedFd)> {
+    let cred = rustix::net::sockopt::socket_peercred(socket)?;
+    let pid = cred.pid.as_raw_nonzero().get().unsigned_abs();
+    let pidfd = ipcplane_shm::peer::peer_pidfd(socket.as_fd())?;
+    if pidfd_pid(&pidfd)? != Some(pid) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!("peer pid {pid} has exited"),
+        ));
+    }
+    Ok((
+        agent
+            .policy
+            .caller(pid, cred.uid.as_raw(), cred.gid.as_raw()),
+        pidfd,
+    ))
+}
+
+/// The pid a pidfd refers to (`Pid:` in its fdinfo), `None` once it exited.
+fn pidfd_pid(pidfd: &OwnedFd) -> io::Result<Option<u32>> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+    let pid = info
+        .lines()
+        .find_map(|line| line.strip_prefix("Pid:"))
+        .and_then(|pid| pid.trim().parse::<i64>().ok())
+        .ok_or_else(|| io::Error::other("pidfd fdinfo has no Pid line"))?;
+    Ok(u32::try_from(pid).ok().filter(|pid| *pid > 0))
+}
+
+fn create_spec(create: &v1::CreateSegment) -> Result<SegmentSpec, CoreError> {
+    Ok(SegmentSpec {
+        name: Some(create.name.clone()).filter(|n| !n.is_empty()),
+        size_bytes: create.size_bytes,
+        mode: convert::sharing_mode(create.mode)?,
+        lifetime: convert::lifetime(create.lifetime, create.ttl_ms)?,
+        tenant: None,
+    })
+}
+
+fn open_target(open: &v1::OpenSegment) -> Result<Target, CoreError> {
+    match &open.target {
+        Some(v1::open_segment::Target::Id(id)) => Ok(Target::Id(SegmentId(*id))),
+        Some(v1::open_segment::Target::Name(name)) => Ok(Target::Name(name.clone())),
+        None => Err(CoreError::InvalidArgument(
+            "open_segment needs an id or a name".into(),
+        )),
+    }
+}

@@ -1,0 +1,455 @@
+//! The operations both front doors call: each one asks the core, does the
+//! I/O the core decided on (memfds), writes the audit records, and only then
+//! returns, so a reply always follows its commit.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use ipcplane_shm::memfd::{self, CreateError};
+
+use crate::audit::{AuditError, AuditLog, Event, Outcome, Record};
+use crate::core::{
+    Access, Caller, ClientId, Core, CoreError, Deleted, Freed, Lifetime, QuotaView, SegmentId,
+    SegmentRecord, SegmentSpec, SharingMode, Target,
+};
+use crate::identity::Policy;
+
+/// Segments at least this large are allocated on a blocking thread, so a big
+/// fallocate does not stall other requests.
+const BLOCKING_ALLOCATION_BYTES: u64 = 64 << 20;
+
+/// The memory the core stores with each segment: the agent's own memfd.
+pub type Memory = Arc<OwnedFd>;
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error("cannot allocate segment memory: {0}")]
+    Memory(#[from] CreateError),
+    #[error("cannot grant access: {0}")]
+    Grant(std::io::Error),
+    #[error("{0}")]
+    Audit(#[from] AuditError),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// Everything the agent shares between connections and RPCs.
+#[derive(Debug)]
+pub struct Agent {
+    core: Mutex<Core<Memory>>,
+    pub audit: AuditLog,
+    pub policy: Policy,
+    pub started: SystemTime,
+    pub started_at: Instant,
+    pub grant_socket: PathBuf,
+    pub database: PathBuf,
+}
+
+impl Agent {
+    /// An agent over a restored core.
+    pub fn new(
+        core: Core<Memory>,
+        audit: AuditLog,
+        policy: Policy,
+        grant_socket: PathBuf,
+        database: PathBuf,
+    ) -> Agent {
+        Agent {
+            core: Mutex::new(core),
+            audit,
+            policy,
+            started: SystemTime::now(),
+            started_at: Instant::now(),
+            grant_socket,
+            database,
+        }
+    }
+
+    /// The core, for reads and for the few decisions that need no I/O.
+    pub fn core(&self) -> MutexGuard<'_, Core<Memory>> {
+        // A panic while holding the lock is a bug; the tables are still
+        // consistent at every await-free step, so keep serving.
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates a segment charged to `caller` (or `spec.tenant`), attached to
+    /// `client` when given. Returns the record and the read-write memfd.
+    ///
+    /// # Errors
+    /// Refusals from the core, allocation failures, audit failures.
+    pub async fn create_segment(
+        &self,
+        caller: &Caller,
+        spec: SegmentSpec,
+        client: Option<ClientId>,
+    ) -> Result<(SegmentRecord, Memory), ServiceError> {
+        let reserved = self
+            .core()
+            .reserve_segment(caller, &spec, SystemTime::now());
+        let reserved = match reserved {
+            Ok(reserved) => reserved,
+            Err(refusal) => {
+                return Err(self
+                    .refused(caller, "segment.create", "segments", refusal)
+                    .await);
+            }
+        };
+        let id = reserved.id;
+        let memory = match allocate(&reserved).await {
+            Ok(fd) => Arc::new(fd),
+            Err(error) => {
+                self.core().abandon_segment(id);
+                let event = Event::new(
+                    caller,
+                    "segment.create",
+                    id.to_string(),
+                    Outcome::Failed,
+                    error.to_string(),
+                );
+                self.audit.record(event).await?;
+                return Err(error.into());
+            }
+        };
+        let record = self
+            .core()
+            .complete_segment(id, memory.clone(), client, SystemTime::now());
+        let event = Event::new(
+            caller,
+            "segment.create",
+            id.to_string(),
+            Outcome::Allowed,
+            describe(&record),
+        );
+        if let Err(error) = self
+            .audit
+            .commit(vec![
+                Record::Event(event),
+                Record::SegmentCreated(record.clone()),
+            ])
+            .await
+        {
+            // Not acknowledged, so it must not exist either.
+            self.forget(caller, client, id);
+            return Err(error.into());
+        }
+        Ok((record, memory))
+    }
+
+    /// Opens a segment for `client` with `access`; returns the record and a
+    /// file description that allows exactly that access.
+    ///
+    /// # Errors
+    /// Refusals from the core, reopen failures, audit failures.
+    pub async fn open_segment(
+        &self,
+        caller: &Caller,
+        client: ClientId,
+        target: &Target,
+        access: Access,
+    ) -> Result<(SegmentRecord, Memory), ServiceError> {
+        let resource = match target {
+            Target::Id(id) => id.to_string(),
+            Target::Name(name) => format!("segments/{name}"),
+        };
+        let opened = self
+            .core()
+            .open_segment(client, target, access, SystemTime::now());
+        let (record, memory) = match opened {
+            Ok(opened) => opened,
+            Err(refusal) => {
+                return Err(self
+                    .refused(caller, "segment.open", &resource, refusal)
+                    .await);
+            }
+        };
+        let granted = match access {
+            Access::ReadWrite => Ok(memory),
+            Access::Read => memfd::reopen(memory.as_fd(), ipcplane_shm::Access::Read).map(Arc::new),
+        };
+        let granted = match granted {
+            Ok(granted) => granted,
+            Err(error) => {
+                let _ = self.core().detach_segment(client, record.id);
+                let event = Event::new(
+                    caller,
+                    "segment.open",
+                    record.id.to_string(),
+                    Outcome::Failed,
+                    error.to_string(),
+                );
+                self.audit.record(event).await?;
+                return Err(ServiceError::Grant(error));
+            }
+        };
+        let detail = format!("access={}", access_name(access));
+        let event = Event::new(
+            caller,
+            "segment.open",
+            record.id.to_string(),
+            Outcome::Allowed,
+            detail,
+        );
+        if let Err(error) = self.audit.record(event).await {
+            let _ = self.core().detach_segment(client, record.id);
+            return Err(error.into());
+        }
+        Ok((record, granted))
+    }
+
+    /// Releases one attachment of `client`.
+    ///
+    /// # Errors
+    /// Refusals from the core, audit failures.
+    pub async fn detach_segment(
+        &self,
+        caller: &Caller,
+        client: ClientId,
+        id: SegmentId,
+    ) -> Result<(), ServiceError> {
+        let detached = self.core().detach_segment(client, id);
+        match detached {
+            Ok(freed) => {
+                let event = Event::new(
+                    caller,
+                    "segment.detach",
+                    id.to_string(),
+                    Outcome::Allowed,
+                    "",
+                );
+                let mut records = vec![Record::Event(event)];
+                records.extend(freed.into_iter().flat_map(|f| freed_records(caller, f)));
+                Ok(self.audit.commit(records).await?)
+            }
+            Err(refusal) => Err(self
+                .refused(caller, "segment.detach", &id.to_string(), refusal)
+                .await),
+        }
+    }
+
+    /// Deletes a segment (draining if still attached).
+    ///
+    /// # Errors
+    /// Refusals from the core, audit failures.
+    pub async fn delete_segment(
+        &self,
+        caller: &Caller,
+        id: SegmentId,
+    ) -> Result<SegmentRecord, ServiceError> {
+        let deleted = self.core().delete_segment(caller, id);
+        let (record, records) = match deleted {
+            Ok(Deleted::Freed(freed)) => {
+                let record = freed.record;
+                let event = Event::new(
+                    caller,
+                    "segment.delete",
+                    id.to_string(),
+                    Outcome::Allowed,
+                    "freed",
+                );
+                let freed_row = Record::SegmentFreed {
+                    id: id.0,
+                    at: SystemTime::now(),
+                };
+                (record, vec![Record::Event(event), freed_row])
+            }
+            Ok(Deleted::Draining(record)) => {
+                let detail = format!("draining: {} attachment(s) left", record.attachments);
+                let event = Event::new(
+                    caller,
+                    "segment.delete",
+                    id.to_string(),
+                    Outcome::Allowed,
+                    detail,
+                );
+                (record, vec![Record::Event(event)])
+            }
+            Err(refusal) => {
+                return Err(self
+                    .refused(caller, "segment.delete", &id.to_string(), refusal)
+                    .await);
+            }
+        };
+        self.audit.commit(records).await?;
+        Ok(record)
+    }
+
+    /// Registers a connected grant client and audits it.
+    ///
+    /// # Errors
+    /// Audit failures (the connection is then refused).
+    pub async fn connect_client(&self, caller: &Caller) -> Result<ClientId, ServiceError> {
+        let client = self
+            .core()
+            .register_client(caller.clone(), SystemTime::now());
+        let event = Event::new(
+            caller,
+            "client.connect",
+            format!("clients/{}", client.0),
+            Outcome::Allowed,
+            "",
+        );
+        if let Err(error) = self.audit.record(event).await {
+            self.core().unregister_client(client);
+            return Err(error.into());
+        }
+        Ok(client)
+    }
+
+    /// Forgets a grant client, releasing its attachments, and audits it.
+    pub async fn disconnect_client(&self, caller: &Caller, client: ClientId) {
+        let freed = self.core().unregister_client(client);
+        let event = Event::new(
+            caller,
+            "client.disconnect",
+            format!("clients/{}", client.0),
+            Outcome::Allowed,
+            "",
+        );
+        let mut records = vec![Record::Event(event)];
+        records.extend(freed.into_iter().flat_map(|f| freed_records(caller, f)));
+        if let Err(error) = self.audit.commit(records).await {
+            tracing::error!(cause = %error, client = client.0, "cannot audit a disconnect");
+        }
+    }
+
+    /// Sets or drops a quota override, persisting it before answering.
+    ///
+    /// # Errors
+    /// Refusals from the core, audit failures.
+    pub async fn set_quota(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        limits: Option<crate::core::Limits>,
+    ) -> Result<QuotaView, ServiceError> {
+        let resource = format!("tenants/{tenant}");
+        let before = self.core().limits(tenant);
+        let updated = self.core().set_quota_override(caller, tenant, limits);
+        let view = match updated {
+            Ok(view) => view,
+            Err(refusal) => {
+                return Err(self
+                    .refused(caller, "quota.update", &resource, refusal)
+                    .await);
+            }
+        };
+        let detail = match limits {
+            Some(limits) => format!("{limits:?}"),
+            None => "reset to defaults".into(),
+        };
+        let event = Event::new(caller, "quota.update", resource, Outcome::Allowed, detail);
+        let records = vec![
+            Record::Event(event),
+            Record::QuotaOverride {
+                tenant: tenant.to_owned(),
+                limits,
+            },
+        ];
+        if let Err(error) = self.audit.commit(records).await {
+            let restore = (before != self.core().limits(tenant)).then_some(before);
+            self.core().load_quota_override(tenant, restore);
+            return Err(error.into());
+        }
+        Ok(view)
+    }
+
+    /// Audits a refusal and returns it as the error to answer with. If the
+    /// denial cannot be audited, the audit failure is the answer.
+    pub async fn refused(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        resource: &str,
+        refusal: CoreError,
+    ) -> ServiceError {
+        let event = Event::new(
+            caller,
+            action,
+            resource,
+            Outcome::Denied,
+            refusal.to_string(),
+        );
+        match self.audit.record(event).await {
+            Ok(()) => refusal.into(),
+            Err(error) => error.into(),
+        }
+    }
+
+    fn forget(&self, caller: &Caller, client: Option<ClientId>, id: SegmentId) {
+        let mut core = self.core();
+        if let Some(client) = client {
+            let _ = core.detach_segment(client, id);
+        }
+        let _ = core.delete_segment(
+            &Caller {
+                admin: true,
+                ..caller.clone()
+            },
+            id,
+        );
+    }
+}
+
+/// The records that end a segment's life.
+fn freed_records(caller: &Caller, freed: Freed<Memory>) -> Vec<Record> {
+    let id = freed.record.id;
+    let event = Event::new(
+        caller,
+        "segment.free",
+        id.to_string(),
+        Outcome::Allowed,
+        "last attachment released",
+    );
+    vec![
+        Record::Event(event),
+        Record::SegmentFreed {
+            id: id.0,
+            at: SystemTime::now(),
+        },
+    ]
+}
+
+async fn allocate(record: &SegmentRecord) -> Result<OwnedFd, CreateError> {
+    let name = format!("ipcplane:{}:{}", record.tenant, record.id.0);
+    let size = record.size_bytes;
+    if size < BLOCKING_ALLOCATION_BYTES {
+        return memfd::create_sealed(&name, size);
+    }
+    tokio::task::spawn_blocking(move || memfd::create_sealed(&name, size))
+        .await
+        .unwrap_or_else(|join| Err(CreateError::Create(std::io::Error::other(join.to_string()))))
+}
+
+/// The audit detail of a created segment.
+fn describe(record: &SegmentRecord) -> String {
+    let lifetime = match record.lifetime {
+        Lifetime::Persistent => "persistent".to_owned(),
+        Lifetime::OnLastDetach => "on_last_detach".to_owned(),
+        Lifetime::Owner => "owner".to_owned(),
+        Lifetime::Ttl { ttl_ms } => format!("ttl {ttl_ms}ms"),
+    };
+    let mode = match record.mode {
+        SharingMode::ReadWrite => "read_write",
+        SharingMode::ReadOnlyForOthers => "read_only_for_others",
+    };
+    format!(
+        "name={:?} size_bytes={} mode={mode} lifetime={lifetime} tenant={}",
+        record.name.as_deref().unwrap_or(""),
+        record.size_bytes,
+        record.tenant
+    )
+}
+
+fn access_name(access: Access) -> &'static str {
+    match access {
+        Access::Read => "read",
+        Access::ReadWrite => "read_write",
+    }
+}
