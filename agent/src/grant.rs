@@ -284,7 +284,7 @@ impl Connection {
     }
 
     /// Refuses a protocol violation: audits it, answers with an error, and
-    /// ends the connection.
+    /// returns the error that ends the connection.
     async fn violation(&mut self, id: u64, message: String) -> io::Result<()> {
         tracing::warn!(pid = self.caller.pid, uid = self.caller.uid, %message, "grant protocol violation");
         let event = Event::new(
@@ -304,7 +304,10 @@ impl Connection {
         });
         // The peer may already be gone; the connection ends either way.
         let _ = self.send(id, reply, None).await;
-        Ok(())
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "protocol violation",
+        ))
     }
 
     async fn send(

@@ -34,6 +34,9 @@ use crate::identity::Policy;
 use crate::service::Agent;
 use crate::shutdown::Shutdown;
 
+/// How long connections may take to finish after shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the agent until `shutdown` fires or a server fails; on the way out the
 /// sockets are removed and the audit log is flushed and closed.
 ///
@@ -83,17 +86,35 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         "agent ready"
     );
 
-    let grant_task = tokio::spawn(grant::serve(
+    // Servers stop on the caller's shutdown, or when either of them fails.
+    let (stop_servers, servers_stopping) = shutdown::channel();
+    let mut grant_task = tokio::spawn(grant::serve(
         agent.clone(),
         grant_listener,
-        shutdown.clone(),
+        servers_stopping.clone(),
     ));
-    let control_task = tokio::spawn(control::serve(
+    let mut control_task = tokio::spawn(control::serve(
         agent.clone(),
         control_listener,
-        shutdown.clone(),
+        servers_stopping,
     ));
-    let (grant_result, control_result) = tokio::join!(grant_task, control_task);
+    let failure = tokio::select! {
+        () = shutdown.wait() => None,
+        result = &mut grant_task => Some(anyhow::anyhow!("the grant socket stopped: {:?}", result)),
+        result = &mut control_task => Some(anyhow::anyhow!("the control socket stopped: {:?}", result)),
+    };
+    stop_servers.fire();
+    // Idle gRPC connections would hold a graceful shutdown forever.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = (&mut grant_task).await;
+        let _ = (&mut control_task).await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open at shutdown; closing them");
+        grant_task.abort();
+        control_task.abort();
+    }
 
     for socket in [&grant_socket, &control_socket] {
         if let Err(error) = std::fs::remove_file(socket) {
@@ -112,10 +133,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     audit.close().await;
     drop(agent);
     drop(audit);
-    // Grant connections still draining hold handles; the writer ends with them.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
-    grant_result?.context("grant socket")?;
-    control_result?.context("control socket")?;
+    // The writer ends once the last handle (held by draining tasks) is gone.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer).await;
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -1,1 +1,74 @@
-//! placeholder
+//! Shared-memory primitives of ipcplane: sealed memfds, their mappings, fd
+//! passing over UNIX sockets and peer identity. This is the only crate of the
+//! workspace with `unsafe`; the agent uses it to create segments and the SDK
+//! uses it to attach them.
+//!
+//! # Layout
+//! - [`Access`]: read or read-write, for file descriptions and mappings.
+//! - [`memfd`]: create a sealed memfd, reopen it with narrower access, read its
+//!   seals and access mode.
+//! - [`mapping`]: [`Mapping`](mapping::Mapping), a `MAP_SHARED` mapping of a
+//!   whole sealed memfd with bounds-checked copies in and out.
+//! - [`fdpass`]: one datagram with file descriptors in `SCM_RIGHTS`.
+//! - [`peer`]: a race-free pidfd of a connected UNIX socket's peer.
+//!
+//! # Threat model
+//! Every peer is untrusted: another process may write anything into a shared
+//! segment at any time, and may send any bytes and fds over a socket.
+//! - Shared memory is never turned into `&T` or `&mut T`; it is only copied in
+//!   and out through raw pointers, and every offset and length is
+//!   bounds-checked against the mapping's size.
+//! - A memfd is mapped only if it carries [`memfd::REQUIRED_SEALS`], so no
+//!   peer can shrink it under a live mapping (which would raise `SIGBUS`).
+//! - A read-only grant is a read-only file description with mode `0600`, so
+//!   the kernel refuses to map it writable and another uid cannot reopen it
+//!   read-write through `/proc/<pid>/fd`.
+//! - Received fds are `OwnedFd` from the moment they exist and are close-on-exec.
+//!
+//! # Verification
+//! Unit tests in each module and `tests/syscalls.rs` run the real system calls:
+//! seals refuse resizing, the kernel refuses a writable mapping of a read-only
+//! fd, unsealed memfds are refused, fds cross a `socketpair` intact, and
+//! truncation is reported.
+//!
+//! # Examples
+//! ```
+//! use ipcplane_shm::{Access, mapping::Mapping, memfd};
+//! use std::os::fd::AsFd;
+//!
+//! let fd = memfd::create_sealed("example", 4096)?;
+//! let writer = Mapping::map(fd.as_fd(), Access::ReadWrite)?;
+//! writer.write_at(0, b"hello")?;
+//!
+//! let read_only = memfd::reopen(fd.as_fd(), Access::Read)?;
+//! let reader = Mapping::map(read_only.as_fd(), Access::Read)?;
+//! let mut buf = [0; 5];
+//! reader.read_at(0, &mut buf)?;
+//! assert_eq!(&buf, b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod fdpass;
+pub mod mapping;
+pub mod memfd;
+pub mod peer;
+
+use std::fmt;
+
+/// How a file description or a mapping may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Read only.
+    Read,
+    /// Read and write.
+    ReadWrite,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Read => "read-only",
+            Self::ReadWrite => "read-write",
+        })
+    }
+}

@@ -1,0 +1,488 @@
+//! [`Segment`], a granted and mapped shared-memory segment, and the plain
+//! types that describe segments.
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, SystemTime};
+
+use ipcplane_proto::v1;
+use ipcplane_shm::Access;
+use ipcplane_shm::mapping::{AccessError, Mapping};
+
+use crate::client::Attachment;
+use crate::error::{Error, ProtocolError};
+
+/// Agent-assigned id of a segment, never reused on a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SegmentId(u64);
+
+impl SegmentId {
+    /// The id with this number.
+    pub const fn new(id: u64) -> Self {
+        Self(id)
+    }
+
+    /// The id's number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<u64> for SegmentId {
+    fn from(id: u64) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Which segment to open: by id, or by name within the caller's tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentRef<'a> {
+    /// By id.
+    Id(SegmentId),
+    /// By name.
+    Name(&'a str),
+}
+
+impl From<SegmentId> for SegmentRef<'_> {
+    fn from(id: SegmentId) -> Self {
+        Self::Id(id)
+    }
+}
+
+impl<'a> From<&'a str> for SegmentRef<'a> {
+    fn from(name: &'a str) -> Self {
+        Self::Name(name)
+    }
+}
+
+impl<'a> From<&'a String> for SegmentRef<'a> {
+    fn from(name: &'a String) -> Self {
+        Self::Name(name)
+    }
+}
+
+impl SegmentRef<'_> {
+    /// The `OpenSegment` target.
+    pub(crate) fn to_proto(self) -> v1::open_segment::Target {
+        match self {
+            Self::Id(id) => v1::open_segment::Target::Id(id.get()),
+            Self::Name(name) => v1::open_segment::Target::Name(name.to_owned()),
+        }
+    }
+}
+
+/// Who besides the creator may write a segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SharingMode {
+    /// Every process of the tenant may open it read-write.
+    #[default]
+    ReadWrite,
+    /// Only the creator's uid may open it read-write; others get read access.
+    ReadOnlyForOthers,
+}
+
+impl SharingMode {
+    /// The proto enum's number.
+    pub(crate) fn to_proto(self) -> i32 {
+        match self {
+            Self::ReadWrite => v1::SharingMode::ReadWrite.into(),
+            Self::ReadOnlyForOthers => v1::SharingMode::ReadOnlyForOthers.into(),
+        }
+    }
+
+    fn from_proto(value: i32) -> Result<Self, ProtocolError> {
+        match v1::SharingMode::try_from(value) {
+            Ok(v1::SharingMode::Unspecified | v1::SharingMode::ReadWrite) => Ok(Self::ReadWrite),
+            Ok(v1::SharingMode::ReadOnlyForOthers) => Ok(Self::ReadOnlyForOthers),
+            Err(_) => Err(ProtocolError::UnknownValue {
+                field: "mode",
+                value,
+            }),
+        }
+    }
+}
+
+/// When the agent deletes a segment on its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Lifetime {
+    /// Never: it lives until deleted.
+    #[default]
+    Persistent,
+    /// When its last attachment is detached.
+    OnLastDetach,
+    /// When the process that created it exits.
+    Owner,
+    /// When it has been unattached for this long (millisecond precision).
+    Ttl(Duration),
+}
+
+impl Lifetime {
+    /// The proto enum's number and `ttl_ms`.
+    pub(crate) fn to_proto(self) -> (i32, u64) {
+        match self {
+            Self::Persistent => (v1::Lifetime::Persistent.into(), 0),
+            Self::OnLastDetach => (v1::Lifetime::OnLastDetach.into(), 0),
+            Self::Owner => (v1::Lifetime::Owner.into(), 0),
+            Self::Ttl(ttl) => (
+                v1::Lifetime::Ttl.into(),
+                u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            ),
+        }
+    }
+
+    fn from_proto(value: i32, ttl_ms: u64) -> Result<Self, ProtocolError> {
+        match v1::Lifetime::try_from(value) {
+            Ok(v1::Lifetime::Unspecified | v1::Lifetime::Persistent) => Ok(Self::Persistent),
+            Ok(v1::Lifetime::OnLastDetach) => Ok(Self::OnLastDetach),
+            Ok(v1::Lifetime::Owner) => Ok(Self::Owner),
+            Ok(v1::Lifetime::Ttl) => Ok(Self::Ttl(Duration::from_millis(ttl_ms))),
+            Err(_) => Err(ProtocolError::UnknownValue {
+                field: "lifetime",
+                value,
+            }),
+        }
+    }
+}
+
+/// Where a segment is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SegmentState {
+    /// Open for new attachments.
+    Active,
+    /// Deleted but still attached somewhere: no new opens, still charged to
+    /// its tenant until the last attachment goes.
+    Draining,
+}
+
+impl SegmentState {
+    fn from_proto(value: i32) -> Result<Self, ProtocolError> {
+        match v1::SegmentState::try_from(value) {
+            Ok(v1::SegmentState::Active) => Ok(Self::Active),
+            Ok(v1::SegmentState::Draining) => Ok(Self::Draining),
+            Ok(v1::SegmentState::Unspecified) | Err(_) => Err(ProtocolError::UnknownValue {
+                field: "state",
+                value,
+            }),
+        }
+    }
+}
+
+/// A segment as the agent recorded it when it was granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SegmentInfo {
+    /// The segment's id.
+    pub id: SegmentId,
+    /// Its name, unique within the tenant; `None` if unnamed.
+    pub name: Option<String>,
+    /// The tenant it is charged to.
+    pub tenant: String,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Who besides the creator may write it.
+    pub mode: SharingMode,
+    /// When the agent deletes it on its own.
+    pub lifetime: Lifetime,
+    /// The process that created it, if known.
+    pub owner_pid: Option<u32>,
+    /// The user that created it.
+    pub owner_uid: u32,
+    /// Active or draining.
+    pub state: SegmentState,
+    /// Live attachments, including the one being granted.
+    pub attachment_count: u32,
+    /// When it was created.
+    pub create_time: Option<SystemTime>,
+    /// When it was last attached.
+    pub attach_time: Option<SystemTime>,
+}
+
+impl SegmentInfo {
+    /// Converts the proto `Segment`, refusing values this SDK does not know.
+    pub(crate) fn from_proto(segment: v1::Segment) -> Result<Self, ProtocolError> {
+        let time = |field, timestamp: Option<prost_types::Timestamp>| {
+            timestamp
+                .map(SystemTime::try_from)
+                .transpose()
+                .map_err(|_| ProtocolError::InvalidTimestamp { field })
+        };
+        Ok(Self {
+            id: SegmentId(segment.id),
+            name: Some(segment.name).filter(|name| !name.is_empty()),
+            tenant: segment.tenant,
+            size_bytes: segment.size_bytes,
+            mode: SharingMode::from_proto(segment.mode)?,
+            lifetime: Lifetime::from_proto(segment.lifetime, segment.ttl_ms)?,
+            owner_pid: Some(segment.owner_pid).filter(|&pid| pid != 0),
+            owner_uid: segment.owner_uid,
+            state: SegmentState::from_proto(segment.state)?,
+            attachment_count: segment.attachment_count,
+            create_time: time("create_time", segment.create_time)?,
+            attach_time: time("attach_time", segment.attach_time)?,
+        })
+    }
+}
+
+/// A segment granted by the agent and mapped into this process.
+///
+/// Dropping it unmaps the memory, closes the memfd and detaches from the
+/// agent (best effort; use [`detach`](Self::detach) to see errors).
+///
+/// The memory is shared with other processes that may write it at any time:
+/// bytes read from it are untrusted input.
+#[derive(Debug)]
+pub struct Segment {
+    info: SegmentInfo,
+    // Fields drop in declaration order: unmap and close before detaching.
+    mapping: Mapping,
+    fd: OwnedFd,
+    attachment: Attachment,
+}
+
+impl Segment {
+    /// Assembles a segment whose grant has been validated.
+    pub(crate) fn new(
+        info: SegmentInfo,
+        mapping: Mapping,
+        fd: OwnedFd,
+        attachment: Attachment,
+    ) -> Self {
+        Self {
+            info,
+            mapping,
+            fd,
+            attachment,
+        }
+    }
+
+    /// The segment's id.
+    pub fn id(&self) -> SegmentId {
+        self.info.id
+    }
+
+    /// The segment as the agent recorded it when granting it (a snapshot:
+    /// `state` and `attachment_count` are not updated).
+    pub fn info(&self) -> &SegmentInfo {
+        &self.info
+    }
+
+    /// Size of the mapping in bytes.
+    pub fn len(&self) -> usize {
+        self.mapping.len()
+    }
+
+    /// Always `false`: segments have at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.mapping.is_empty()
+    }
+
+    /// Whether this process may write the segment.
+    pub fn access(&self) -> Access {
+        self.mapping.access()
+    }
+
+    /// Copies `buf.len()` bytes starting at `offset` out of the segment.
+    ///
+    /// # Errors
+    /// [`AccessError::OutOfBounds`] if the range is not inside the segment.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.mapping.read_at(offset, buf)
+    }
+
+    /// Copies `data` into the segment starting at `offset`.
+    ///
+    /// # Errors
+    /// [`AccessError::ReadOnly`] if the segment was opened read-only,
+    /// [`AccessError::OutOfBounds`] if the range is not inside the segment.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
+        self.mapping.write_at(offset, data)
+    }
+
+    /// Start of the mapping, for zero-copy users. See
+    /// [`Mapping::as_ptr`] for the rules.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.mapping.as_ptr()
+    }
+
+    /// Unmaps the segment and releases this attachment at the agent.
+    ///
+    /// # Errors
+    /// The agent's refusal, or a connection error; the memory is unmapped
+    /// either way.
+    pub fn detach(self) -> Result<(), Error> {
+        let Self {
+            mapping,
+            fd,
+            attachment,
+            ..
+        } = self;
+        drop(mapping);
+        drop(fd);
+        attachment.detach()
+    }
+}
+
+impl AsFd for Segment {
+    /// The segment's memfd, e.g. to inspect its seals or pass it on.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proto_segment() -> v1::Segment {
+        v1::Segment {
+            id: 7,
+            name: "demo".to_owned(),
+            tenant: "uid-1000".to_owned(),
+            size_bytes: 4096,
+            mode: v1::SharingMode::ReadOnlyForOthers.into(),
+            lifetime: v1::Lifetime::Ttl.into(),
+            ttl_ms: 1500,
+            owner_pid: 42,
+            owner_uid: 1000,
+            state: v1::SegmentState::Active.into(),
+            attachment_count: 2,
+            create_time: Some(prost_types::Timestamp {
+                seconds: 10,
+                nanos: 5,
+            }),
+            attach_time: None,
+        }
+    }
+
+    #[test]
+    fn segment_info_converts_every_field() {
+        let sut = SegmentInfo::from_proto(proto_segment()).unwrap();
+
+        assert_eq!(
+            sut,
+            SegmentInfo {
+                id: SegmentId::new(7),
+                name: Some("demo".to_owned()),
+                tenant: "uid-1000".to_owned(),
+                size_bytes: 4096,
+                mode: SharingMode::ReadOnlyForOthers,
+                lifetime: Lifetime::Ttl(Duration::from_millis(1500)),
+                owner_pid: Some(42),
+                owner_uid: 1000,
+                state: SegmentState::Active,
+                attachment_count: 2,
+                create_time: Some(SystemTime::UNIX_EPOCH + Duration::new(10, 5)),
+                attach_time: None,
+            }
+        );
+    }
+
+    #[test]
+    fn segment_info_reads_empty_name_and_zero_pid_as_absent() {
+        let sut = SegmentInfo::from_proto(v1::Segment {
+            name: String::new(),
+            owner_pid: 0,
+            ..proto_segment()
+        })
+        .unwrap();
+
+        assert_eq!((sut.name, sut.owner_pid), (None, None));
+    }
+
+    #[test]
+    fn segment_info_applies_the_documented_defaults() {
+        let sut = SegmentInfo::from_proto(v1::Segment {
+            mode: 0,
+            lifetime: 0,
+            ..proto_segment()
+        })
+        .unwrap();
+
+        assert_eq!(sut.mode, SharingMode::ReadWrite);
+        assert_eq!(sut.lifetime, Lifetime::Persistent);
+    }
+
+    #[test]
+    fn segment_info_refuses_unknown_enum_values() {
+        let unknown = |segment| SegmentInfo::from_proto(segment).unwrap_err();
+
+        assert!(matches!(
+            unknown(v1::Segment {
+                mode: 9,
+                ..proto_segment()
+            }),
+            ProtocolError::UnknownValue {
+                field: "mode",
+                value: 9
+            }
+        ));
+        assert!(matches!(
+            unknown(v1::Segment {
+                lifetime: 9,
+                ..proto_segment()
+            }),
+            ProtocolError::UnknownValue {
+                field: "lifetime",
+                value: 9
+            }
+        ));
+        assert!(matches!(
+            unknown(v1::Segment {
+                state: 0,
+                ..proto_segment()
+            }),
+            ProtocolError::UnknownValue {
+                field: "state",
+                value: 0
+            }
+        ));
+    }
+
+    #[test]
+    fn segment_info_refuses_timestamps_out_of_range() {
+        let err = SegmentInfo::from_proto(v1::Segment {
+            attach_time: Some(prost_types::Timestamp {
+                seconds: i64::MIN,
+                nanos: 0,
+            }),
+            ..proto_segment()
+        })
+        .unwrap_err();
+
+        assert!(matches!(
+            err,
+            ProtocolError::InvalidTimestamp {
+                field: "attach_time"
+            }
+        ));
+    }
+
+    #[test]
+    fn lifetime_round_trips_through_proto() {
+        for sut in [
+            Lifetime::Persistent,
+            Lifetime::OnLastDetach,
+            Lifetime::Owner,
+            Lifetime::Ttl(Duration::from_secs(3)),
+        ] {
+            let (value, ttl_ms) = sut.to_proto();
+            assert_eq!(Lifetime::from_proto(value, ttl_ms).unwrap(), sut);
+        }
+    }
+
+    #[test]
+    fn sharing_mode_round_trips_through_proto() {
+        for sut in [SharingMode::ReadWrite, SharingMode::ReadOnlyForOthers] {
+            assert_eq!(SharingMode::from_proto(sut.to_proto()).unwrap(), sut);
+        }
+    }
+}

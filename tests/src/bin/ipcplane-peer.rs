@@ -1,0 +1,111 @@
+//! Helper process for the end-to-end tests: one SDK operation per run, the
+//! result printed as `key=value` lines, so tests can act as a second process
+//! (or a second uid) against a real agent.
+//!
+//! Usage: `ipcplane-peer <command> [args]`, with `IPCPLANE_GRANT_SOCKET` set.
+//! - `open <name|#id> <read|rw>`: print the first line of the segment as
+//!   `data=`; with rw also write `reply from <pid>` at offset 1024.
+//! - `hold <name> <size>`: create a segment, print `id=`, keep it until stdin closes.
+//! - `delete <id>`: delete a segment.
+//! - `probe-read-only <name>`: open read-only, then try what a hostile holder
+//!   would: map the fd writable and ftruncate it; print both outcomes.
+//!
+//! Failures print `error=<kind>` and `message=<text>` and exit 3.
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+
+use ipcplane::{Access, Client, Error, SegmentId, SegmentRef};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            println!("error={}", kind(&error));
+            println!("message={error}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), Error> {
+    let client = Client::connect()?;
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    match arg(0) {
+        "open" => {
+            let access = if arg(2) == "rw" {
+                Access::ReadWrite
+            } else {
+                Access::Read
+            };
+            let segment = client.open_segment(target(arg(1)), access)?;
+            let mut head = [0u8; 64];
+            segment.read_at(0, &mut head)?;
+            let text = String::from_utf8_lossy(&head);
+            println!("data={}", text.trim_end_matches('\0'));
+            println!("id={}", segment.id());
+            println!("pid={}", std::process::id());
+            if access == Access::ReadWrite {
+                segment.write_at(
+                    1024,
+                    format!("reply from {}", std::process::id()).as_bytes(),
+                )?;
+            }
+        }
+        "hold" => {
+            let size = arg(2).parse().unwrap_or(4096);
+            let segment = client.segment_builder().name(arg(1)).size(size).create()?;
+            println!("id={}", segment.id());
+            // Held until the test closes our stdin.
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
+        "delete" => client.delete_segment(SegmentId::new(arg(1).parse().unwrap_or(0)))?,
+        "probe-read-only" => {
+            let segment = client.open_segment(target(arg(1)), Access::Read)?;
+            let writable = ipcplane_shm::mapping::Mapping::map(segment.as_fd(), Access::ReadWrite);
+            println!("map_rw={}", outcome(writable.map(drop)));
+            println!(
+                "ftruncate={}",
+                outcome(rustix::fs::ftruncate(segment.as_fd(), 0))
+            );
+        }
+        other => panic!("unknown command {other:?}"),
+    }
+    Ok(())
+}
+
+fn target(text: &str) -> SegmentRef<'_> {
+    match text.strip_prefix('#') {
+        Some(id) => SegmentRef::Id(SegmentId::new(id.parse().unwrap_or(0))),
+        None => SegmentRef::Name(text),
+    }
+}
+
+/// `allowed`, or `refused: ` and the error with its sources.
+fn outcome<E: std::error::Error>(result: Result<(), E>) -> String {
+    let Err(error) = result else {
+        return "allowed".into();
+    };
+    let mut text = format!("refused: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn kind(error: &Error) -> &'static str {
+    match error {
+        Error::NotFound { .. } => "not_found",
+        Error::PermissionDenied { .. } => "permission_denied",
+        Error::QuotaExceeded { .. } => "quota_exceeded",
+        Error::InvalidArgument { .. } => "invalid_argument",
+        Error::AlreadyExists { .. } => "already_exists",
+        Error::Connect { .. } => "connect",
+        _ => "other",
+    }
+}
