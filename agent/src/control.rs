@@ -233,8 +233,8 @@ impl segment_service_server::SegmentService for Api {
             let wanted = scope.as_ref().is_none_or(|t| *t == record.tenant)
                 && filter.matches("tenant", &record.tenant)
                 && filter.matches("name", record.name.as_deref().unwrap_or(""))
-                && filter.matches_number("owner_pid", record.owner_pid.into())?
-                && filter.matches_number("owner_uid", record.owner_uid.into())?
+                && filter.matches_number("owner_pid", record.owner_pid.into())
+                && filter.matches_number("owner_uid", record.owner_uid.into())
                 && filter.matches("state", convert::state_name(record.state));
             if wanted {
                 segments.push(convert::segment(record));
@@ -327,8 +327,8 @@ impl client_service_server::ClientService for Api {
             let who = &record.caller;
             let wanted = scope.as_ref().is_none_or(|t| *t == who.tenant)
                 && filter.matches("tenant", &who.tenant)
-                && filter.matches_number("pid", who.pid.into())?
-                && filter.matches_number("uid", who.uid.into())?;
+                && filter.matches_number("pid", who.pid.into())
+                && filter.matches_number("uid", who.uid.into());
             if wanted {
                 clients.push(v1::Client {
                     id: record.id.0,
@@ -519,14 +519,6 @@ impl audit_service_server::AuditService for Api {
                         )));
                     }
                     outcome
-                }
-                "pid" | "uid" => {
-                    let number: u32 = comparison.value.parse().map_err(|_| {
-                        Status::invalid_argument(format!(
-                            "invalid filter: {column} must be an unsigned integer"
-                        ))
-                    })?;
-                    number.to_string()
                 }
                 _ => comparison.value.clone(),
             };

@@ -69,10 +69,8 @@ impl From<ServiceError> for Status {
         let reply = ErrorReply::from(&error);
         match reply.quota {
             Some((quota, tenant)) => {
-                let details = ErrorDetails::with_quota_failure_violation(
-                    quota,
-                    format!("tenant {tenant}: {}", reply.message),
-                );
+                let details =
+                    ErrorDetails::with_quota_failure_violation(quota, format!("tenant {tenant}"));
                 Status::with_error_details(reply.code, reply.message, details)
             }
             None => Status::new(reply.code, reply.message),

@@ -18,6 +18,9 @@ pub struct Filter {
     pub comparisons: Vec<Comparison>,
 }
 
+/// Fields whose values must be unsigned integers, checked when parsing.
+const NUMERIC_FIELDS: [&str; 4] = ["owner_pid", "owner_uid", "pid", "uid"];
+
 /// Longest filter accepted, in bytes.
 const MAX_FILTER_LEN: usize = 4096;
 
@@ -51,6 +54,14 @@ impl Filter {
                         )));
                     }
                     let value = match value {
+                        Token::Word(word) | Token::Quoted(word)
+                            if NUMERIC_FIELDS.contains(&field.as_str())
+                                && word.parse::<u64>().is_err() =>
+                        {
+                            return Err(invalid(format!(
+                                "{field} must be compared with an unsigned integer, got {word:?}"
+                            )));
+                        }
                         Token::Word(word) | Token::Quoted(word) => word.clone(),
                         Token::Equals => {
                             return Err(invalid(format!("expected a value after {field} =")));
@@ -85,22 +96,9 @@ impl Filter {
         self.values(field).all(|v| v == actual)
     }
 
-    /// Like [`Filter::matches`] for numeric fields.
-    ///
-    /// # Errors
-    /// InvalidArgument if a value for `field` is not an unsigned integer.
-    pub fn matches_number(&self, field: &str, actual: u64) -> Result<bool, CoreError> {
-        for value in self.values(field) {
-            let wanted: u64 = value.parse().map_err(|_| {
-                invalid(format!(
-                    "{field} must be compared with an unsigned integer, got {value:?}"
-                ))
-            })?;
-            if wanted != actual {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+    /// Like [`Filter::matches`] for numeric fields (validated by `parse`).
+    pub fn matches_number(&self, field: &str, actual: u64) -> bool {
+        self.values(field).all(|v| v.parse() == Ok(actual))
     }
 }
 
@@ -178,7 +176,7 @@ mod tests {
     fn empty_filter_matches_everything() {
         let sut = Filter::parse("  ", FIELDS).unwrap();
         assert!(sut.matches("tenant", "anything"));
-        assert!(sut.matches_number("owner_pid", 7).unwrap());
+        assert!(sut.matches_number("owner_pid", 7));
     }
 
     #[test]
@@ -190,8 +188,8 @@ mod tests {
         .unwrap();
         assert!(sut.matches("tenant", "uid-1000"));
         assert!(!sut.matches("tenant", "uid-1001"));
-        assert!(sut.matches_number("owner_pid", 42).unwrap());
-        assert!(!sut.matches_number("owner_pid", 43).unwrap());
+        assert!(sut.matches_number("owner_pid", 42));
+        assert!(!sut.matches_number("owner_pid", 43));
         assert!(sut.matches("state", "ACTIVE"));
         assert!(sut.matches("name", r#"a "q" \"#));
     }
@@ -222,10 +220,14 @@ mod tests {
 
     #[test]
     fn non_numeric_value_for_a_numeric_field_is_an_error() {
-        let sut = Filter::parse("owner_pid = abc", FIELDS).unwrap();
-        assert!(matches!(
-            sut.matches_number("owner_pid", 1),
-            Err(CoreError::InvalidArgument(_))
-        ));
+        for bad in ["owner_pid = abc", "owner_pid = \"-1\""] {
+            assert!(
+                matches!(
+                    Filter::parse(bad, FIELDS),
+                    Err(CoreError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 }

@@ -23,7 +23,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(digits_end);
-    let expected = || format!("invalid size {text:?}: expected a positive whole number of bytes, optionally with a unit (B, KiB, MiB, GiB, TiB)");
+    let expected = || {
+        format!(
+            "invalid size {text:?}: expected a positive whole number of bytes, optionally with a unit (B, KiB, MiB, GiB, TiB)"
+        )
+    };
     if digits.is_empty() {
         return Err(expected());
     }
@@ -32,7 +36,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let factor = UNITS
         .iter()
         .find(|(name, _)| {
-            unit.eq_ignore_ascii_case(name) || (name.len() == 3 && unit.eq_ignore_ascii_case(&name[..1]))
+            unit.eq_ignore_ascii_case(name)
+                || (name.len() == 3 && unit.eq_ignore_ascii_case(&name[..1]))
         })
         .map(|(_, factor)| *factor)
         .or(unit.is_empty().then_some(1))
@@ -79,7 +84,17 @@ mod tests {
 
     #[test]
     fn rejects_zero_negative_fractional_unknown_and_overflowing_sizes() {
-        for bad in ["", "0", "0KiB", "-1", "1.5MiB", "1PB", "KiB", "12 apples", "99999999999TiB"] {
+        for bad in [
+            "",
+            "0",
+            "0KiB",
+            "-1",
+            "1.5MiB",
+            "1PB",
+            "KiB",
+            "12 apples",
+            "99999999999TiB",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
     }

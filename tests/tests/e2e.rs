@@ -1,6 +1,7 @@
 //! End-to-end tests: the real agent binary, real sockets, memfds, SQLite and
 //! child processes. Each test starts its own agent on its own directory.
 #![forbid(unsafe_code)]
+#![cfg(test)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -565,7 +566,10 @@ fn the_tour_works_health_example_pair_list_delete_and_audit() {
     let status = wait_with_timeout(&mut producer, TIMEOUT).expect("producer exits");
     assert!(status.success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("ack")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("consumer replied")),
+        "{rest:?}"
+    );
 
     let list = run(agent.ipcctl().args(["-o", "json", "segment", "list"]));
     assert!(list.status.success(), "{}", stderr(&list));
