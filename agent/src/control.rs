@@ -543,7 +543,7 @@ impl audit_service_server::AuditService for Api {
         let stored = self
             .0
             .audit
-            .events(&query)
+            .events(query)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let mut events: Vec<_> = stored.iter().map(convert::event).collect();

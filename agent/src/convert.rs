@@ -50,7 +50,7 @@ impl From<&ServiceError> for ErrorReply {
             ServiceError::Grant(_) => (Code::Internal, None),
             ServiceError::Audit(audit) => match audit {
                 AuditError::WriterGone => (Code::Unavailable, None),
-                AuditError::Open { .. } | AuditError::Migrate(_) | AuditError::Sql(_) => {
+                AuditError::Open { .. } | AuditError::Migrate { .. } | AuditError::Sql(_) => {
                     (Code::Internal, None)
                 }
             },

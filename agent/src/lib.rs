@@ -47,9 +47,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if let Some(parent) = config.database.parent() {
         create_dir(parent, 0o700)?;
     }
-    let (audit, writer, restored) = AuditLog::open(&config.database)
-        .await
-        .context("opening the audit database")?;
+    let (audit, restored) =
+        AuditLog::open(&config.database).context("opening the audit database")?;
     let mut core = Core::new(config.default_limits, restored.next_segment_id);
     for (tenant, limits) in &restored.quota_overrides {
         core.load_quota_override(tenant, Some(*limits));
@@ -130,11 +129,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             "",
         ))
         .await?;
-    audit.close().await;
-    drop(agent);
-    drop(audit);
-    // The writer ends once the last handle (held by draining tasks) is gone.
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer).await;
+    if let Err(error) = audit.checkpoint() {
+        tracing::warn!(cause = %error, "cannot checkpoint the audit database");
+    }
     if let Some(failure) = failure {
         return Err(failure);
     }
