@@ -56,9 +56,7 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    set_health(&health, tonic_health::ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ipcplane_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -69,9 +67,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         async move {
             shutdown.wait().await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            set_health(&health, tonic_health::ServingStatus::NotServing).await;
         }
     };
     tonic::transport::Server::builder()
@@ -86,6 +82,25 @@ pub async fn serve(
         .add_service(audit_service_server::AuditServiceServer::new(api))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
         .await
+}
+
+/// Sets the status of the whole agent ("") and of each service by name.
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    use tonic::server::NamedService;
+    let services = [
+        "",
+        agent_service_server::AgentServiceServer::<Api>::NAME,
+        segment_service_server::SegmentServiceServer::<Api>::NAME,
+        client_service_server::ClientServiceServer::<Api>::NAME,
+        tenant_service_server::TenantServiceServer::<Api>::NAME,
+        audit_service_server::AuditServiceServer::<Api>::NAME,
+    ];
+    for service in services {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// All control services share the agent.

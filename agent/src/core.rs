@@ -119,6 +119,21 @@ pub struct Limits {
     pub max_segment_bytes: Option<u64>,
 }
 
+impl fmt::Display for Limits {
+    /// `max_bytes=4096 max_segments=unlimited max_segment_bytes=1024`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show =
+            |limit: Option<u64>| limit.map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
+        write!(
+            f,
+            "max_bytes={} max_segments={} max_segment_bytes={}",
+            show(self.max_bytes),
+            show(self.max_segments),
+            show(self.max_segment_bytes)
+        )
+    }
+}
+
 /// Which limit a request hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaKind {
@@ -189,11 +204,7 @@ pub enum CoreError {
     AlreadyExists(String),
     #[error("{0}")]
     PermissionDenied(String),
-    #[error(
-        "quota exceeded: {} of tenant {tenant} is {}, {used} in use, {requested} requested",
-        quota.as_str(),
-        limit
-    )]
+    #[error("{}", quota_message(tenant, *quota, *limit, *used, *requested))]
     QuotaExceeded {
         tenant: String,
         quota: QuotaKind,
@@ -203,6 +214,18 @@ pub enum CoreError {
     },
     #[error("{0}")]
     FailedPrecondition(String),
+}
+
+fn quota_message(tenant: &str, quota: QuotaKind, limit: u64, used: u64, requested: u64) -> String {
+    let name = quota.as_str();
+    match quota {
+        QuotaKind::MaxSegmentBytes => {
+            format!("quota exceeded: {name} of tenant {tenant} is {limit}, {requested} requested")
+        }
+        QuotaKind::MaxBytes | QuotaKind::MaxSegments => format!(
+            "quota exceeded: {name} of tenant {tenant} is {limit}, {used} in use, {requested} requested"
+        ),
+    }
 }
 
 /// A segment's memory is no longer referenced by the agent: the handle to drop.
@@ -896,6 +919,14 @@ mod tests {
                 bytes: 10_000,
                 segments: 2
             }
+        );
+        let message = sut
+            .reserve_segment(&alice, &spec(None, 7_000), NOW)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "quota exceeded: max_segment_bytes of tenant uid-1000 is 6000, 7000 requested"
         );
         // Another tenant has its own budget.
         assert!(

@@ -341,7 +341,7 @@ impl Agent {
             }
         };
         let detail = match limits {
-            Some(limits) => format!("{limits:?}"),
+            Some(limits) => limits.to_string(),
             None => "reset to defaults".into(),
         };
         let event = Event::new(caller, "quota.update", resource, Outcome::Allowed, detail);

@@ -1,5 +1,6 @@
 //! The `ipcplane-agent` binary as an operator runs it: configuration errors,
 //! start-up from flags and environment, and a clean stop on SIGTERM/SIGINT.
+#![forbid(unsafe_code)]
 #![cfg(test)]
 
 use std::path::Path;

@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run -p ipcplane --example consumer [NAME]   # NAME defaults to "demo"
 //! ```
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 use std::{env, process, thread};

@@ -15,6 +15,7 @@
 //! | 8      | 1     | state: 1 = greeting ready, 2 = acknowledged    |
 //! | 64     | 256   | greeting, UTF-8, zero padded                   |
 //! | 320    | 256   | acknowledgement, UTF-8, zero padded            |
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 use std::{env, process, thread};

@@ -7,7 +7,8 @@
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipcplane_proto::v1;
@@ -267,6 +268,48 @@ impl Drop for TestAgent {
             let _ = child.wait();
         }
     }
+}
+
+/// How long a helper process (ipcctl, a peer, an example) may run in a test.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `command` to completion within [`COMMAND_TIMEOUT`], with stdin closed.
+/// Its output is read while it runs, so a long listing cannot fill a pipe and
+/// stall it.
+///
+/// # Panics
+/// If it cannot be started or does not finish in time.
+pub fn run(command: &mut Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let finished = wait_with_timeout(&mut child, COMMAND_TIMEOUT);
+    if finished.is_none() {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("reap the child");
+    assert!(
+        finished.is_some(),
+        "{command:?} did not finish within {COMMAND_TIMEOUT:?}"
+    );
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
 }
 
 /// Waits for a child to exit, polling, for at most `timeout`.

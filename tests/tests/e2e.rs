@@ -11,31 +11,16 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ipcplane::{Access, Error};
-use ipcplane_e2e::{NOBODY, TestAgent, can_switch_uid, wait_with_timeout};
+use ipcplane_e2e::{NOBODY, TestAgent, can_switch_uid, run, wait_with_timeout};
 use ipcplane_proto::v1;
 use ipcplane_shm::fdpass;
 use prost::Message;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
+mod cli;
+
 const PEER: &str = env!("CARGO_BIN_EXE_ipcplane-peer");
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs a command to completion within [`TIMEOUT`], returning its output.
-fn run(command: &mut Command) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let status = wait_with_timeout(&mut child, TIMEOUT);
-    if status.is_none() {
-        let _ = child.kill();
-    }
-    let output = child.wait_with_output().expect("collect output");
-    assert!(status.is_some(), "{command:?} timed out");
-    output
-}
 
 /// The `key=value` lines a peer printed.
 fn fields(output: &Output) -> BTreeMap<String, String> {
@@ -358,15 +343,25 @@ fn expect_refusal(
 #[test]
 fn malformed_grant_traffic_is_refused_the_agent_keeps_serving_and_leaks_no_fds() {
     let agent = TestAgent::start();
-    // Warm up lazily opened resources (SQLite readers, runtime threads).
-    drop(
-        agent
-            .client()
-            .segment_builder()
-            .size(4096)
-            .create()
-            .unwrap(),
-    );
+    let rt = runtime();
+    // One control connection for the whole test, so it counts in the baseline.
+    let mut control = rt.block_on(async {
+        v1::agent_service_client::AgentServiceClient::new(agent.channel().await)
+    });
+    let mut clients_connected = || {
+        rt.block_on(control.get_agent(v1::GetAgentRequest {}))
+            .unwrap()
+            .into_inner()
+            .client_count
+    };
+    // Warm up lazily opened resources, leaving no segment behind.
+    let warm_up = agent.client();
+    let segment = warm_up.segment_builder().size(4096).create().unwrap();
+    let id = segment.id();
+    segment.detach().unwrap();
+    warm_up.delete_segment(id).unwrap();
+    drop(warm_up);
+    eventually("the warm-up client is gone", || clients_connected() == 0);
     let baseline = agent.open_fds();
 
     let create = request(v1::grant_request::Kind::CreateSegment(v1::CreateSegment {
@@ -425,13 +420,15 @@ fn malformed_grant_traffic_is_refused_the_agent_keeps_serving_and_leaks_no_fds()
     let client = agent.client();
     let segment = client.segment_builder().size(4096).create().unwrap();
     segment.write_at(0, b"still here").unwrap();
-    drop(segment);
+    let id = segment.id();
+    segment.detach().unwrap();
+    client.delete_segment(id).unwrap();
     drop(client);
     eventually("the agent's fd count returns to its baseline", || {
-        agent.open_fds() <= baseline
+        clients_connected() == 0 && agent.open_fds() <= baseline
     });
 
-    let events = runtime().block_on(agent.audit_events());
+    let events = rt.block_on(agent.audit_events());
     assert!(events_with(&events, "grant.protocol", v1::Outcome::Denied).len() >= 8);
 }
 
