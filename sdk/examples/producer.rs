@@ -6,31 +6,15 @@
 //! cargo run -p ipcplane --example producer [NAME]   # NAME defaults to "demo"
 //! ```
 //!
-//! Segment layout shared with `consumer.rs` (a real application would use a
-//! ring; plain byte copies keep this example short):
-//!
-//! | offset | bytes | content                                        |
-//! |--------|-------|------------------------------------------------|
-//! | 0      | 8     | sequence number, little endian, +1 per run     |
-//! | 8      | 1     | state: 1 = greeting ready, 2 = acknowledged    |
-//! | 64     | 256   | greeting, UTF-8, zero padded                   |
-//! | 320    | 256   | acknowledgement, UTF-8, zero padded            |
+//! The segment layout it shares with `consumer.rs` is in `tour/mod.rs`.
 #![forbid(unsafe_code)]
 
-use std::time::{Duration, Instant};
-use std::{env, process, thread};
+mod tour;
 
-use anyhow::bail;
-use ipcplane::{Access, Client, Error, Lifetime, Segment};
+use std::{env, process};
 
-const SEQUENCE: usize = 0;
-const STATE: usize = 8;
-const GREETING: usize = 64;
-const ACK: usize = 320;
-const TEXT_LEN: usize = 256;
-const READY: u8 = 1;
-const ACKNOWLEDGED: u8 = 2;
-const TIMEOUT: Duration = Duration::from_secs(30);
+use ipcplane::{Access, Client, Error, Lifetime};
+use tour::{ACK, ACKNOWLEDGED, GREETING, READY, SEQUENCE, STATE, TIMEOUT, read_text, write_text};
 
 fn main() -> anyhow::Result<()> {
     let name = env::args().nth(1).unwrap_or_else(|| "demo".to_owned());
@@ -68,38 +52,7 @@ fn main() -> anyhow::Result<()> {
         TIMEOUT.as_secs()
     );
 
-    wait_for_state(&segment, ACKNOWLEDGED)?;
+    tour::wait_for_state(&segment, ACKNOWLEDGED, "acknowledgement")?;
     println!("consumer replied {:?}", read_text(&segment, ACK)?);
     Ok(())
-}
-
-/// Polls the state byte until it is `wanted`, for at most [`TIMEOUT`].
-fn wait_for_state(segment: &Segment, wanted: u8) -> anyhow::Result<()> {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut state = [0];
-    loop {
-        segment.read_at(STATE, &mut state)?;
-        if state[0] == wanted {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("no acknowledgement after {}s", TIMEOUT.as_secs());
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn write_text(segment: &Segment, offset: usize, text: &str) -> Result<(), ipcplane::AccessError> {
-    let mut field = [0; TEXT_LEN];
-    let len = text.len().min(TEXT_LEN);
-    field[..len].copy_from_slice(&text.as_bytes()[..len]);
-    segment.write_at(offset, &field)
-}
-
-/// Reads a zero-padded text field; the peer may have written anything there.
-fn read_text(segment: &Segment, offset: usize) -> Result<String, ipcplane::AccessError> {
-    let mut field = [0; TEXT_LEN];
-    segment.read_at(offset, &mut field)?;
-    let len = field.iter().position(|&byte| byte == 0).unwrap_or(TEXT_LEN);
-    Ok(String::from_utf8_lossy(&field[..len]).into_owned())
 }
