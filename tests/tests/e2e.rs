@@ -723,3 +723,43 @@ fn bad_arguments_get_clear_errors_with_the_right_status_and_nothing_crashes() {
     let health = cli(&["agent", "health"]);
     assert!(stdout(&health).contains("SERVING"), "the agent is still up");
 }
+
+#[test]
+fn server_reflection_lists_every_service_so_grpcurl_works() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let agent = TestAgent::start();
+    let services = runtime().block_on(async {
+        let mut reflection = ServerReflectionClient::new(agent.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = reflection
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .unwrap()
+            .into_inner();
+        match answers.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => list.service,
+            other => panic!("expected a service list, got {other:?}"),
+        }
+    });
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "ipcplane.v1.AgentService",
+        "ipcplane.v1.SegmentService",
+        "ipcplane.v1.ClientService",
+        "ipcplane.v1.TenantService",
+        "ipcplane.v1.AuditService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
