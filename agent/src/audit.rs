@@ -2,10 +2,14 @@
 //! start.
 //!
 //! Every write is group-committed: a request queues its records, and the
-//! first request to find no commit in progress becomes the leader, writing
-//! every queued job in one transaction on its own thread and then answering
-//! each job. A reply to a client waits for its job, so an acknowledged
-//! operation is always in the log, yet concurrent requests share a commit.
+//! first request to find no commit in progress leads: it writes the waiting
+//! jobs in one transaction, inline on its own task, and answers each. Jobs
+//! that arrive meanwhile are drained by a task that takes the leadership
+//! over, batch by batch, yielding between batches. A reply to a client waits
+//! for its job, so an acknowledged operation is always in the log, yet
+//! concurrent requests share a commit. A dedicated writer thread was measured
+//! too: its two thread wake-ups per commit cost ~50 us here (1.7x the bare
+//! grant path instead of 0.95x).
 //!
 //! Why rusqlite and not sqlx (as DESIGN.md first planned): sqlx runs each
 //! SQLite connection on a worker thread, and every statement is a round trip
@@ -25,7 +29,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, params, params_from_iter};
 use tokio::sync::oneshot;
 
-use crate::core::{Caller, Lifetime, Limits, SegmentRecord, SharingMode};
+use crate::core::{Caller, Limits, SegmentRecord};
+
+/// Most jobs written in one transaction.
+const MAX_BATCH: usize = 256;
 
 /// The schema, one step per entry; `PRAGMA user_version` counts the steps
 /// applied. Never edit a step that has shipped: append a new one.
@@ -200,6 +207,23 @@ pub struct Restored {
     pub quota_overrides: Vec<(String, Limits)>,
 }
 
+/// Held while leading. If the leader panics, dropping it steps down so the
+/// next request can lead; normal paths `release` it once they stepped down or
+/// handed the leadership over.
+struct Leadership<'a>(&'a AuditLog);
+
+impl Leadership<'_> {
+    fn release(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Leadership<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.0.queue).leader = false;
+    }
+}
+
 /// A poisoned lock means a panic mid-write; SQLite rolled the transaction
 /// back, so the connection is still consistent.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -255,33 +279,59 @@ impl AuditLog {
             !std::mem::replace(&mut queue.leader, true)
         };
         if lead {
-            // No await until the queue is empty, so a cancelled request
-            // cannot strand the jobs it leads.
-            self.lead_commits();
+            // Synchronous: a cancelled request cannot strand what it leads.
+            self.lead();
         }
         committed.await.map_err(|_| AuditError::WriterGone)?
     }
 
-    /// Commits batches until no job is waiting, then steps down.
-    fn lead_commits(&self) {
-        loop {
-            let batch = {
-                let mut queue = lock(&self.0.queue);
-                if queue.pending.is_empty() {
-                    queue.leader = false;
-                    return;
-                }
-                std::mem::take(&mut queue.pending)
-            };
-            let result = write_batch(&mut lock(&self.0.writer), &batch);
-            if let Err(error) = &result {
-                tracing::error!(cause = %error, jobs = batch.len(), "audit commit failed");
-            }
-            for job in batch {
-                // The requester may have gone; its outcome is already decided.
-                let _ = job.done.send(result.clone());
-            }
+    /// As the request that found no commit running: commits what is waiting.
+    /// If more jobs arrived meanwhile, a drain task takes the leadership over,
+    /// so no request leads for longer than one batch.
+    fn lead(&self) {
+        let leadership = Leadership(self);
+        self.commit_waiting();
+        let idle = self.step_down_if_idle();
+        leadership.release();
+        if idle {
+            return;
         }
+        let log = self.clone();
+        tokio::spawn(async move {
+            let leadership = Leadership(&log);
+            while !log.step_down_if_idle() {
+                log.commit_waiting();
+                tokio::task::yield_now().await;
+            }
+            leadership.release();
+        });
+    }
+
+    /// Commits up to [`MAX_BATCH`] waiting jobs in one transaction and
+    /// answers each.
+    fn commit_waiting(&self) {
+        let batch: Vec<Job> = {
+            let mut queue = lock(&self.0.queue);
+            let take = queue.pending.len().min(MAX_BATCH);
+            queue.pending.drain(..take).collect()
+        };
+        let result = write_batch(&mut lock(&self.0.writer), &batch);
+        if let Err(error) = &result {
+            tracing::error!(cause = %error, jobs = batch.len(), "audit commit failed");
+        }
+        for job in batch {
+            // The requester may have gone; its outcome is already decided.
+            let _ = job.done.send(result.clone());
+        }
+    }
+
+    /// Gives up the leadership if nothing is waiting; true if it did.
+    fn step_down_if_idle(&self) -> bool {
+        let mut queue = lock(&self.0.queue);
+        if queue.pending.is_empty() {
+            queue.leader = false;
+        }
+        !queue.leader
     }
 
     /// Persists one event.
@@ -418,16 +468,6 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), AuditError> {
                 ])?;
             }
             Record::SegmentCreated(s) => {
-                let (lifetime, ttl_ms) = match s.lifetime {
-                    Lifetime::Persistent => ("persistent", 0),
-                    Lifetime::OnLastDetach => ("on_last_detach", 0),
-                    Lifetime::Owner => ("owner", 0),
-                    Lifetime::Ttl { ttl_ms } => ("ttl", ttl_ms),
-                };
-                let mode = match s.mode {
-                    SharingMode::ReadWrite => "read_write",
-                    SharingMode::ReadOnlyForOthers => "read_only_for_others",
-                };
                 tx.prepare_cached(
                     "INSERT INTO segments (id, name, tenant, size_bytes, mode, lifetime, ttl_ms, owner_pid, owner_uid, created_us) \
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -437,9 +477,9 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), AuditError> {
                     s.name,
                     s.tenant,
                     to_i64(s.size_bytes),
-                    mode,
-                    lifetime,
-                    to_i64(ttl_ms),
+                    s.mode.as_str(),
+                    s.lifetime.as_str(),
+                    to_i64(s.lifetime.ttl_ms()),
                     s.owner_pid,
                     s.owner_uid,
                     micros(s.created)
@@ -497,7 +537,7 @@ fn from_i64(value: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{SegmentId, SegmentState};
+    use crate::core::{Lifetime, SegmentId, SegmentState, SharingMode};
 
     fn caller() -> Caller {
         Caller {

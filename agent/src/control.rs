@@ -17,10 +17,9 @@ use crate::audit::{EventQuery, Outcome};
 use crate::convert;
 use crate::core::{
     Caller, ClientId, CoreError, Limits, SegmentId, SegmentSpec, check_tenant_access,
-    validate_tenant,
 };
 use crate::filter::Filter;
-use crate::service::Agent;
+use crate::service::{Agent, ServiceError};
 use crate::shutdown::Shutdown;
 
 /// Page size when the request gives none.
@@ -168,6 +167,20 @@ impl Api {
     }
 }
 
+/// Runs a state-changing operation to the end even if the client goes away:
+/// hyper drops a cancelled handler's future, which would strand the core
+/// between its decision and the audit commit (a reservation never released).
+async fn to_completion<T: Send + 'static>(
+    operation: impl Future<Output = Result<T, ServiceError>> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::spawn(operation).await {
+        Ok(result) => result.map_err(Status::from),
+        Err(panicked) => Err(Status::internal(format!(
+            "the operation failed: {panicked}"
+        ))),
+    }
+}
+
 /// Where a list page starts and how long it is.
 struct Page {
     after: u64,
@@ -216,9 +229,29 @@ impl agent_service_server::AgentService for Api {
         &self,
         request: Request<GetAgentRequest>,
     ) -> Result<Response<v1::Agent>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let core = self.0.core();
-        let (segment_count, client_count, total_bytes) = core.totals();
+        // Non-admins see their own tenant's figures, not the host's.
+        let (segment_count, client_count, tenant_count, total_bytes, database) = if caller.admin {
+            let (segments, clients, bytes) = core.totals();
+            let database = self.0.database.display().to_string();
+            (
+                segments,
+                clients,
+                core.tenants().len() as u64,
+                bytes,
+                database,
+            )
+        } else {
+            let own = core.tenant(&caller.tenant);
+            (
+                own.quota.usage.segments,
+                own.clients,
+                1,
+                own.quota.usage.bytes,
+                String::new(),
+            )
+        };
         Ok(Response::new(v1::Agent {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -227,10 +260,10 @@ impl agent_service_server::AgentService for Api {
             protocol_version: ipcplane_proto::GRANT_PROTOCOL_VERSION,
             segment_count,
             client_count,
-            tenant_count: core.tenants().len() as u64,
+            tenant_count,
             total_bytes,
             grant_socket: self.0.grant_socket.display().to_string(),
-            database: self.0.database.display().to_string(),
+            database,
         }))
     }
 }
@@ -313,7 +346,9 @@ impl segment_service_server::SegmentService for Api {
                     .into());
             }
         };
-        let (record, _memory) = self.0.create_segment(&caller, spec, None).await?;
+        let agent = self.0.clone();
+        let (record, _memory) =
+            to_completion(async move { agent.create_segment(&caller, spec, None).await }).await?;
         Ok(Response::new(convert::segment(&record)))
     }
 
@@ -322,10 +357,9 @@ impl segment_service_server::SegmentService for Api {
         request: Request<DeleteSegmentRequest>,
     ) -> Result<Response<DeleteSegmentResponse>, Status> {
         let caller = self.caller(&request)?;
-        let record = self
-            .0
-            .delete_segment(&caller, SegmentId(request.into_inner().id))
-            .await?;
+        let agent = self.0.clone();
+        let id = SegmentId(request.into_inner().id);
+        let record = to_completion(async move { agent.delete_segment(&caller, id).await }).await?;
         Ok(Response::new(DeleteSegmentResponse {
             segment: Some(convert::segment(&record)),
         }))
@@ -448,21 +482,15 @@ impl tenant_service_server::TenantService for Api {
             .update_mask
             .map(|mask| mask.paths)
             .unwrap_or_default();
-        let current = self.0.core().limits(&tenant);
-        let limits =
-            validate_tenant(&tenant).and_then(|()| updated_limits(current, &wanted, &paths));
-        let limits = match limits {
-            Ok(limits) => limits,
-            Err(refusal) => {
-                let resource = format!("tenants/{tenant}");
-                return Err(self
-                    .0
-                    .refused(&caller, "quota.update", &resource, refusal)
-                    .await
-                    .into());
-            }
-        };
-        let view = self.0.set_quota(&caller, &tenant, limits).await?;
+        let agent = self.0.clone();
+        let view = to_completion(async move {
+            agent
+                .set_quota(&caller, &tenant, |current| {
+                    updated_limits(current, &wanted, &paths)
+                })
+                .await
+        })
+        .await?;
         Ok(Response::new(convert::quota(&view)))
     }
 }

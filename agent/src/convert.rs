@@ -54,7 +54,6 @@ impl From<&ServiceError> for ErrorReply {
                     (Code::Internal, None)
                 }
             },
-            ServiceError::ShuttingDown => (Code::Unavailable, None),
         };
         ErrorReply {
             code,

@@ -14,6 +14,8 @@ use std::time::SystemTime;
 
 /// Longest segment name accepted.
 pub const MAX_NAME_LEN: usize = 255;
+/// Most attachments one segment can have (the counter never wraps).
+pub const MAX_ATTACHMENTS: u32 = 1 << 20;
 /// Longest tenant name accepted.
 pub const MAX_TENANT_LEN: usize = 128;
 
@@ -57,6 +59,36 @@ pub enum Lifetime {
     OnLastDetach,
     Owner,
     Ttl { ttl_ms: u64 },
+}
+
+impl SharingMode {
+    /// The stored and audited spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharingMode::ReadWrite => "read_write",
+            SharingMode::ReadOnlyForOthers => "read_only_for_others",
+        }
+    }
+}
+
+impl Lifetime {
+    /// The stored and audited spelling (the ttl is separate).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifetime::Persistent => "persistent",
+            Lifetime::OnLastDetach => "on_last_detach",
+            Lifetime::Owner => "owner",
+            Lifetime::Ttl { .. } => "ttl",
+        }
+    }
+
+    /// The ttl in ms, 0 unless a ttl lifetime.
+    pub fn ttl_ms(self) -> u64 {
+        match self {
+            Lifetime::Ttl { ttl_ms } => ttl_ms,
+            _ => 0,
+        }
+    }
 }
 
 /// Access a grant allows.
@@ -469,6 +501,11 @@ impl<M: Clone> Core<M> {
                 entry.record.owner_uid
             )));
         }
+        if entry.record.attachments >= MAX_ATTACHMENTS {
+            return Err(CoreError::FailedPrecondition(format!(
+                "{id} already has {MAX_ATTACHMENTS} attachments"
+            )));
+        }
         let entry = self.segments.get_mut(&id).expect("visible_entry found it");
         let memory = entry.memory.clone().expect("active segments have memory");
         entry.record.attachments += 1;
@@ -594,24 +631,41 @@ impl<M: Clone> Core<M> {
         Ok(self.quota_view(tenant))
     }
 
-    /// Sets (`Some`) or drops (`None`) a tenant's override. Admins only.
+    /// Changes a tenant's override in one step: `update` gets the effective
+    /// limits and returns the new override (`None` drops it). Admins only.
+    /// Returns the new view and the override it replaced, for a rollback.
     ///
     /// # Errors
-    /// PermissionDenied or InvalidArgument.
-    pub fn set_quota_override(
+    /// PermissionDenied or InvalidArgument, or what `update` refuses.
+    pub fn update_quota_override(
         &mut self,
         caller: &Caller,
         tenant: &str,
-        limits: Option<Limits>,
-    ) -> Result<QuotaView, CoreError> {
+        update: impl FnOnce(Limits) -> Result<Option<Limits>, CoreError>,
+    ) -> Result<(QuotaView, Option<Limits>, Option<Limits>), CoreError> {
         validate_tenant(tenant)?;
         if !caller.admin {
             return Err(CoreError::PermissionDenied(
                 "only admins may change quotas".into(),
             ));
         }
-        self.load_quota_override(tenant, limits);
-        Ok(self.quota_view(tenant))
+        let updated = update(self.limits(tenant))?;
+        let previous = self.overrides.get(tenant).copied();
+        self.load_quota_override(tenant, updated);
+        Ok((self.quota_view(tenant), updated, previous))
+    }
+
+    /// Puts `previous` back if the override is still `expected` (a later
+    /// update wins over the rollback of an earlier one).
+    pub fn restore_quota_override(
+        &mut self,
+        tenant: &str,
+        expected: Option<Limits>,
+        previous: Option<Limits>,
+    ) {
+        if self.overrides.get(tenant).copied() == expected {
+            self.load_quota_override(tenant, previous);
+        }
     }
 
     /// Restores an override from the store at start-up.
@@ -636,15 +690,20 @@ impl<M: Clone> Core<M> {
         names.dedup();
         names
             .into_iter()
-            .map(|tenant| TenantView {
-                quota: self.quota_view(tenant),
-                clients: self
-                    .clients
-                    .values()
-                    .filter(|c| c.caller.tenant == *tenant)
-                    .count() as u64,
-            })
+            .map(|tenant| self.tenant(tenant))
             .collect()
+    }
+
+    /// One tenant as [`Core::tenants`] shows it (known or not).
+    pub fn tenant(&self, tenant: &str) -> TenantView {
+        TenantView {
+            quota: self.quota_view(tenant),
+            clients: self
+                .clients
+                .values()
+                .filter(|c| c.caller.tenant == tenant)
+                .count() as u64,
+        }
     }
 
     /// Live segments (active and draining), connected clients, and total bytes.
@@ -950,15 +1009,24 @@ mod tests {
             ..Limits::default()
         };
         assert!(matches!(
-            sut.set_quota_override(&alice, "uid-1000", Some(raised)),
+            sut.update_quota_override(&alice, "uid-1000", |_| Ok(Some(raised))),
             Err(CoreError::PermissionDenied(_))
         ));
-        let view = sut
-            .set_quota_override(&admin(), "uid-1000", Some(raised))
+        let (view, set, previous) = sut
+            .update_quota_override(&admin(), "uid-1000", |_| Ok(Some(raised)))
             .unwrap();
         assert!(view.overridden);
+        assert_eq!((set, previous), (Some(raised), None));
         assert_eq!(sut.limits("uid-1000"), raised);
-        sut.set_quota_override(&admin(), "uid-1000", None).unwrap();
+        // A rollback applies only while the override is still what it set.
+        sut.restore_quota_override("uid-1000", None, previous);
+        assert_eq!(sut.limits("uid-1000"), raised);
+        sut.restore_quota_override("uid-1000", set, previous);
+        assert_eq!(sut.limits("uid-1000").max_segments, Some(1));
+        sut.update_quota_override(&admin(), "uid-1000", |_| Ok(Some(raised)))
+            .unwrap();
+        sut.update_quota_override(&admin(), "uid-1000", |_| Ok(None))
+            .unwrap();
         assert_eq!(sut.limits("uid-1000").max_segments, Some(1));
     }
 
@@ -1088,7 +1156,7 @@ mod tests {
         create(&mut sut, &caller(1000), &spec(None, 10), None);
         sut.register_client(caller(1000), NOW);
         sut.register_client(caller(1001), NOW);
-        sut.set_quota_override(&admin(), "payments", Some(Limits::default()))
+        sut.update_quota_override(&admin(), "payments", |_| Ok(Some(Limits::default())))
             .unwrap();
         let tenants: Vec<_> = sut
             .tenants()

@@ -16,6 +16,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipcplane_proto::v1::{self, grant_request, grant_response};
 use ipcplane_proto::{GRANT_PROTOCOL_VERSION, MAX_GRANT_DATAGRAM};
@@ -24,7 +25,7 @@ use prost::Message;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
-use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::audit::{Event, Outcome};
 use crate::convert;
@@ -34,6 +35,10 @@ use crate::shutdown::Shutdown;
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 4096;
+/// How long a new connection may take to say hello before it is closed.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before accepting again when the process is out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds the grant socket at `path`, mode 0666. A stale socket file left by a
 /// dead agent is replaced; a live agent on it is an error.
@@ -81,33 +86,58 @@ fn seqpacket() -> io::Result<OwnedFd> {
 /// The listener cannot be registered with the runtime.
 pub async fn serve(agent: Arc<Agent>, listener: OwnedFd, shutdown: Shutdown) -> io::Result<()> {
     let listener = Readiness::new(listener)?;
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
     loop {
-        let slot = tokio::select! {
-            () = shutdown.wait() => return Ok(()),
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= MAX_CONNECTIONS {
+            // Full: the next client waits in the listen backlog.
+            tokio::select! {
+                () = shutdown.wait() => break,
+                _ = connections.join_next() => continue,
+            }
+        }
         let accepted = tokio::select! {
-            () = shutdown.wait() => return Ok(()),
+            () = shutdown.wait() => break,
             accepted = listener.io(Interest::READABLE, |l| {
                 Ok(rustix::net::accept_with(l, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?)
             }) => accepted,
         };
         match accepted {
             Ok(socket) => {
-                let agent = agent.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = Connection::serve(agent, socket, shutdown).await {
+                let connection = Connection::serve(agent.clone(), socket, shutdown.clone());
+                connections.spawn(async move {
+                    if let Err(error) = connection.await {
                         tracing::debug!(cause = %error, "grant connection ended with an error");
                     }
-                    drop(slot);
                 });
             }
-            // EMFILE, ECONNABORTED and friends: log and keep accepting.
-            Err(error) => tracing::warn!(cause = %error, "accept on the grant socket failed"),
+            Err(error) if out_of_descriptors(&error) => {
+                // Retrying at once would spin: wait for fds to be freed.
+                tracing::warn!(cause = %error, "out of file descriptors; pausing accept");
+                tokio::select! {
+                    () = shutdown.wait() => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
+            // ECONNABORTED and friends concern one client only.
+            Err(error) => tracing::debug!(cause = %error, "accept on the grant socket failed"),
         }
     }
+    // Every connection sees the same shutdown; let them record their ends.
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn out_of_descriptors(error: &io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(error),
+        Some(
+            rustix::io::Errno::MFILE
+                | rustix::io::Errno::NFILE
+                | rustix::io::Errno::NOBUFS
+                | rustix::io::Errno::NOMEM
+        )
+    )
 }
 
 /// One client connection.
@@ -116,19 +146,16 @@ struct Connection {
     socket: Readiness,
     caller: Caller,
     client: Option<ClientId>,
-    /// Pins the peer process for as long as the connection lives.
-    _pidfd: OwnedFd,
 }
 
 impl Connection {
     async fn serve(agent: Arc<Agent>, socket: OwnedFd, shutdown: Shutdown) -> io::Result<()> {
-        let (caller, pidfd) = identify(&agent, &socket)?;
+        let caller = identify(&agent, &socket)?;
         let mut connection = Connection {
             agent,
             socket: Readiness::new(socket)?,
             caller,
             client: None,
-            _pidfd: pidfd,
         };
         let result = tokio::select! {
             () = shutdown.wait() => Ok(()),
@@ -146,10 +173,20 @@ impl Connection {
     async fn run(&mut self) -> io::Result<()> {
         let mut buf = vec![0u8; MAX_GRANT_DATAGRAM];
         loop {
-            let received = self
+            let receive = self
                 .socket
-                .io(Interest::READABLE, |s| fdpass::recv(s, &mut buf))
-                .await?;
+                .io(Interest::READABLE, |s| fdpass::recv(s, &mut buf));
+            let received = if self.client.is_some() {
+                receive.await?
+            } else {
+                match tokio::time::timeout(HELLO_TIMEOUT, receive).await {
+                    Ok(received) => received?,
+                    Err(_) => {
+                        let message = format!("no hello within {HELLO_TIMEOUT:?}");
+                        return self.violation(0, message).await;
+                    }
+                }
+            };
             if received.len == 0 && received.fds.is_empty() && !received.truncated {
                 return Ok(());
             }
@@ -347,25 +384,32 @@ impl Readiness {
     }
 }
 
-/// The peer's kernel credentials and a pidfd pinning it. The pid from
-/// SO_PEERCRED must be the process the pidfd refers to, else the peer has
-/// exited (and its pid may have been reused) and the connection is refused.
-fn identify(agent: &Agent, socket: &OwnedFd) -> io::Result<(Caller, OwnedFd)> {
-    let cred = rustix::net::sockopt::socket_peercred(socket)?;
-    let pid = cred.pid.as_raw_nonzero().get().unsigned_abs();
-    let pidfd = ipcplane_shm::peer::peer_pidfd(socket.as_fd())?;
-    if pidfd_pid(&pidfd)? != Some(pid) {
-        return Err(io::Error::new(
-            io::ErrorKind::NotConnected,
-            format!("peer pid {pid} has exited"),
-        ));
+/// The peer's kernel credentials, mapped to a caller. The pid from
+/// SO_PEERCRED must be the process a pidfd of the peer refers to, else the
+/// peer has exited (and its pid may have been reused) and the connection is
+/// refused. A peer in another pid namespace (pid 0) is refused too: the agent
+/// must see its clients' pids to tell processes apart.
+fn identify(agent: &Agent, socket: &OwnedFd) -> io::Result<Caller> {
+    let refuse = |error: io::Error| {
+        tracing::warn!(cause = %error, "refusing a grant connection whose peer cannot be identified");
+        error
+    };
+    let cred = ipcplane_shm::peer::peer_credentials(socket.as_fd()).map_err(refuse)?;
+    if cred.pid == 0 {
+        return Err(refuse(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "peer is in another pid namespace; run the agent in the host pid namespace (hostPID)",
+        )));
     }
-    Ok((
-        agent
-            .policy
-            .caller(pid, cred.uid.as_raw(), cred.gid.as_raw()),
-        pidfd,
-    ))
+    let pidfd = ipcplane_shm::peer::peer_pidfd(socket.as_fd()).map_err(refuse)?;
+    if pidfd_pid(&pidfd)? != Some(cred.pid) {
+        let gone = io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!("peer pid {} has exited", cred.pid),
+        );
+        return Err(refuse(gone));
+    }
+    Ok(agent.policy.caller(cred.pid, cred.uid, cred.gid))
 }
 
 /// The pid a pidfd refers to (`Pid:` in its fdinfo), `None` once it exited.

@@ -43,6 +43,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// # Errors
 /// Start-up failures (directories, database, sockets) and server failures.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    raise_fd_limit();
     create_dir(&config.runtime_dir, 0o755)?;
     if let Some(parent) = config.database.parent() {
         create_dir(parent, 0o700)?;
@@ -139,6 +140,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every connection and every live segment costs a descriptor; the usual soft
+/// limit of 1024 would let a few hundred idle clients starve everyone else.
+/// Raise it to the hard limit the service manager allows.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            ..limit
+        };
+        if let Err(error) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(cause = %error, "cannot raise the open-file limit");
+        }
+    }
+    let limit = getrlimit(Resource::Nofile);
+    tracing::debug!(soft = ?limit.current, hard = ?limit.maximum, "open-file limit");
+}
+
 /// The agent itself, as the subject of its own audit events.
 fn agent_caller() -> Caller {
     Caller {
@@ -150,11 +170,27 @@ fn agent_caller() -> Caller {
     }
 }
 
+/// Creates `path` (and parents) with `mode`, then checks that the directory
+/// is ours and not writable by others: in a shared directory such as /tmp,
+/// another user could otherwise plant sockets our clients would trust.
 fn create_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
         .create(path)
-        .with_context(|| format!("creating {}", path.display()))
+        .with_context(|| format!("creating {}", path.display()))?;
+    let metadata = std::fs::symlink_metadata(path)
+        .with_context(|| format!("inspecting {}", path.display()))?;
+    let uid = rustix::process::geteuid().as_raw();
+    if !metadata.is_dir() || metadata.uid() != uid || metadata.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "{} must be a directory owned by uid {uid} and not writable by group or others \
+             (it is owned by uid {} with mode {:o}); remove it or choose another directory",
+            path.display(),
+            metadata.uid(),
+            metadata.mode() & 0o7777
+        );
+    }
+    Ok(())
 }

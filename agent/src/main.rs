@@ -57,8 +57,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let (trigger, shutdown) = ipcplane_agent::shutdown::channel();
+        // Handlers are installed before anything is served, so an early
+        // SIGTERM stops the agent cleanly instead of killing it.
+        let signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(error) => return Err(anyhow::anyhow!("cannot handle signals: {error}")),
+        };
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.wait().await;
             tracing::info!("shutting down");
             trigger.fire();
         });
@@ -73,12 +79,25 @@ fn main() -> ExitCode {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, either of which stops the agent.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

@@ -11,8 +11,8 @@ use ipcplane_shm::memfd::{self, CreateError};
 
 use crate::audit::{AuditError, AuditLog, Event, Outcome, Record};
 use crate::core::{
-    Access, Caller, ClientId, Core, CoreError, Deleted, Freed, Lifetime, QuotaView, SegmentId,
-    SegmentRecord, SegmentSpec, SharingMode, Target,
+    Access, Caller, ClientId, Core, CoreError, Deleted, Freed, Limits, QuotaView, SegmentId,
+    SegmentRecord, SegmentSpec, Target,
 };
 use crate::identity::Policy;
 
@@ -34,8 +34,6 @@ pub enum ServiceError {
     Grant(std::io::Error),
     #[error("{0}")]
     Audit(#[from] AuditError),
-    #[error("the agent is shutting down")]
-    ShuttingDown,
 }
 
 /// Everything the agent shares between connections and RPCs.
@@ -245,6 +243,7 @@ impl Agent {
         let deleted = self.core().delete_segment(caller, id);
         let (record, records) = match deleted {
             Ok(Deleted::Freed(freed)) => {
+                release(&freed);
                 let record = freed.record;
                 let event = Event::new(
                     caller,
@@ -319,21 +318,22 @@ impl Agent {
         }
     }
 
-    /// Sets or drops a quota override, persisting it before answering.
+    /// Changes a tenant's quota override (see
+    /// [`Core::update_quota_override`]), persisting it before answering; if
+    /// the commit fails, the previous override is put back.
     ///
     /// # Errors
-    /// Refusals from the core, audit failures.
+    /// Refusals from the core or `update`, audit failures.
     pub async fn set_quota(
         &self,
         caller: &Caller,
         tenant: &str,
-        limits: Option<crate::core::Limits>,
+        update: impl FnOnce(Limits) -> Result<Option<Limits>, CoreError>,
     ) -> Result<QuotaView, ServiceError> {
         let resource = format!("tenants/{tenant}");
-        let before = self.core().limits(tenant);
-        let updated = self.core().set_quota_override(caller, tenant, limits);
-        let view = match updated {
-            Ok(view) => view,
+        let updated = self.core().update_quota_override(caller, tenant, update);
+        let (view, limits, previous) = match updated {
+            Ok(updated) => updated,
             Err(refusal) => {
                 return Err(self
                     .refused(caller, "quota.update", &resource, refusal)
@@ -353,8 +353,7 @@ impl Agent {
             },
         ];
         if let Err(error) = self.audit.commit(records).await {
-            let restore = (before != self.core().limits(tenant)).then_some(before);
-            self.core().load_quota_override(tenant, restore);
+            self.core().restore_quota_override(tenant, limits, previous);
             return Err(error.into());
         }
         Ok(view)
@@ -397,8 +396,21 @@ impl Agent {
     }
 }
 
+/// Gives a freed segment's memory back to the system now. A process that
+/// claimed to detach may still hold the memfd; it keeps a valid mapping, but
+/// the pages charged to its tenant are gone, and anything it touches again is
+/// charged to its own cgroup, so a quota cannot be bypassed by lying.
+fn release(freed: &Freed<Memory>) {
+    if let Some(memory) = &freed.memory
+        && let Err(error) = memfd::release_memory(memory.as_fd())
+    {
+        tracing::warn!(cause = %error, segment = freed.record.id.0, "cannot release segment memory");
+    }
+}
+
 /// The records that end a segment's life.
 fn freed_records(caller: &Caller, freed: Freed<Memory>) -> Vec<Record> {
+    release(&freed);
     let id = freed.record.id;
     let event = Event::new(
         caller,
@@ -429,20 +441,13 @@ async fn allocate(record: &SegmentRecord) -> Result<OwnedFd, CreateError> {
 
 /// The audit detail of a created segment.
 fn describe(record: &SegmentRecord) -> String {
-    let lifetime = match record.lifetime {
-        Lifetime::Persistent => "persistent".to_owned(),
-        Lifetime::OnLastDetach => "on_last_detach".to_owned(),
-        Lifetime::Owner => "owner".to_owned(),
-        Lifetime::Ttl { ttl_ms } => format!("ttl {ttl_ms}ms"),
-    };
-    let mode = match record.mode {
-        SharingMode::ReadWrite => "read_write",
-        SharingMode::ReadOnlyForOthers => "read_only_for_others",
-    };
     format!(
-        "name={:?} size_bytes={} mode={mode} lifetime={lifetime} tenant={}",
+        "name={:?} size_bytes={} mode={} lifetime={} ttl_ms={} tenant={}",
         record.name.as_deref().unwrap_or(""),
         record.size_bytes,
+        record.mode.as_str(),
+        record.lifetime.as_str(),
+        record.lifetime.ttl_ms(),
         record.tenant
     )
 }

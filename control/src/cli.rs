@@ -36,7 +36,8 @@ const GLOBAL: &str = "Global Options";
 #[command(name = "ipcctl", version, after_help = EXIT_CODES, color = clap::ColorChoice::Never)]
 pub struct Cli {
     /// Control socket of the agent [default: $IPCPLANE_CONTROL_SOCKET, else
-    /// control.sock in the agent's runtime directory]
+    /// control.sock in $IPCPLANE_RUNTIME_DIR; else, for non-root users, in
+    /// their own agent's runtime directory if it has one, else in /run/ipcplane]
     #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     pub socket: Option<PathBuf>,
 

@@ -95,8 +95,9 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         .map_err(|_| Error::Timeout(cli.timeout))?
 }
 
-/// `--socket`, else `$IPCPLANE_CONTROL_SOCKET`, else `control.sock` in the
-/// runtime directory for this user.
+/// `--socket`, else `$IPCPLANE_CONTROL_SOCKET`, else the default of
+/// [`ipcplane_proto::paths::client_socket`]: this user's agent if it runs,
+/// else the system agent in `/run/ipcplane`.
 fn socket_path(cli: &Cli) -> PathBuf {
     cli.socket.clone().unwrap_or_else(|| {
         let uid = rustix::process::getuid().as_raw();

@@ -30,7 +30,7 @@ pub const MAX_GRANT_DATAGRAM: usize = 4096;
 /// Where the agent's sockets live by default: part of the contract between the
 /// agent, the SDK and `ipcctl`, so all three agree without configuration.
 pub mod paths {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     /// Overrides the runtime directory (sockets) for the agent and its clients.
     pub const ENV_RUNTIME_DIR: &str = "IPCPLANE_RUNTIME_DIR";
@@ -47,7 +47,7 @@ pub mod paths {
     /// else `$XDG_RUNTIME_DIR/ipcplane`, else `/tmp/ipcplane-<uid>`.
     pub fn default_runtime_dir(uid: u32, xdg_runtime_dir: Option<&str>) -> PathBuf {
         match xdg_runtime_dir.filter(|dir| !dir.is_empty()) {
-            _ if uid == 0 => PathBuf::from("/run/ipcplane"),
+            _ if uid == 0 => PathBuf::from(SYSTEM_RUNTIME_DIR),
             Some(dir) => PathBuf::from(dir).join("ipcplane"),
             None => PathBuf::from(format!("/tmp/ipcplane-{uid}")),
         }
@@ -61,12 +61,67 @@ pub mod paths {
         }
     }
 
-    /// The socket a client should use: `$<env_var>` if set, else `<runtime_dir>/<file>`.
+    /// The system agent's runtime directory, where root's agent listens.
+    const SYSTEM_RUNTIME_DIR: &str = "/run/ipcplane";
+
+    /// The socket a client should use, by the first rule that applies:
+    /// 1. `$<env_var>` (e.g. [`ENV_GRANT_SOCKET`]) if set;
+    /// 2. `<file>` in `$IPCPLANE_RUNTIME_DIR` if set;
+    /// 3. for root, `/run/ipcplane/<file>`;
+    /// 4. for other users, `<file>` in their own runtime directory
+    ///    ([`default_runtime_dir`]: `$XDG_RUNTIME_DIR/ipcplane` or
+    ///    `/tmp/ipcplane-<uid>`) if that socket exists, so a per-user agent
+    ///    wins;
+    /// 5. else the system agent's `/run/ipcplane/<file>`.
+    ///
+    /// Empty variables count as unset.
     pub fn client_socket(uid: u32, env_var: &str, file: &str) -> PathBuf {
-        match std::env::var(env_var) {
-            Ok(path) if !path.is_empty() => PathBuf::from(path),
-            _ => runtime_dir(uid).join(file),
+        let var = |name| std::env::var(name).ok();
+        choose_client_socket(
+            uid,
+            ClientEnv {
+                socket: var(env_var).as_deref(),
+                runtime_dir: var(ENV_RUNTIME_DIR).as_deref(),
+                xdg_runtime_dir: var("XDG_RUNTIME_DIR").as_deref(),
+            },
+            file,
+            Path::exists,
+        )
+    }
+
+    /// The environment variables [`client_socket`] reads.
+    #[derive(Clone, Copy, Debug)]
+    struct ClientEnv<'a> {
+        /// `$<env_var>`, the socket's own override.
+        socket: Option<&'a str>,
+        /// `$IPCPLANE_RUNTIME_DIR`.
+        runtime_dir: Option<&'a str>,
+        /// `$XDG_RUNTIME_DIR`.
+        xdg_runtime_dir: Option<&'a str>,
+    }
+
+    /// The rules of [`client_socket`], on explicit inputs: `exists` tells
+    /// whether a socket file is present.
+    fn choose_client_socket(
+        uid: u32,
+        env: ClientEnv<'_>,
+        file: &str,
+        exists: impl Fn(&Path) -> bool,
+    ) -> PathBuf {
+        let set = |value: Option<&str>| value.filter(|value| !value.is_empty()).map(PathBuf::from);
+        if let Some(path) = set(env.socket) {
+            return path;
         }
+        if let Some(dir) = set(env.runtime_dir) {
+            return dir.join(file);
+        }
+        if uid != 0 {
+            let per_user = default_runtime_dir(uid, env.xdg_runtime_dir).join(file);
+            if exists(&per_user) {
+                return per_user;
+            }
+        }
+        Path::new(SYSTEM_RUNTIME_DIR).join(file)
     }
 
     #[cfg(test)]
@@ -78,6 +133,124 @@ pub mod paths {
             assert_eq!(
                 default_runtime_dir(0, Some("/run/user/0")),
                 PathBuf::from("/run/ipcplane")
+            );
+        }
+
+        /// Inputs of `choose_client_socket` with every variable unset.
+        const UNSET: ClientEnv<'static> = ClientEnv {
+            socket: None,
+            runtime_dir: None,
+            xdg_runtime_dir: None,
+        };
+
+        fn choose(uid: u32, env: ClientEnv<'_>, existing: &[&str]) -> PathBuf {
+            choose_client_socket(uid, env, GRANT_SOCKET, |path| {
+                existing.iter().any(|existing| path == Path::new(existing))
+            })
+        }
+
+        #[test]
+        fn client_socket_variable_wins_over_everything() {
+            let env = ClientEnv {
+                socket: Some("/custom/g.sock"),
+                runtime_dir: Some("/rt"),
+                xdg_runtime_dir: Some("/run/user/1000"),
+            };
+
+            for uid in [0, 1000] {
+                assert_eq!(
+                    choose(uid, env, &["/run/user/1000/ipcplane/grant.sock"]),
+                    PathBuf::from("/custom/g.sock")
+                );
+            }
+        }
+
+        #[test]
+        fn client_runtime_dir_variable_wins_over_the_defaults() {
+            let env = ClientEnv {
+                runtime_dir: Some("/rt"),
+                xdg_runtime_dir: Some("/run/user/1000"),
+                ..UNSET
+            };
+
+            assert_eq!(
+                choose(1000, env, &["/run/user/1000/ipcplane/grant.sock"]),
+                PathBuf::from("/rt/grant.sock")
+            );
+            assert_eq!(choose(0, env, &[]), PathBuf::from("/rt/grant.sock"));
+        }
+
+        #[test]
+        fn empty_client_variables_count_as_unset() {
+            let env = ClientEnv {
+                socket: Some(""),
+                runtime_dir: Some(""),
+                xdg_runtime_dir: Some(""),
+            };
+
+            assert_eq!(
+                choose(1000, env, &[]),
+                PathBuf::from("/run/ipcplane/grant.sock")
+            );
+        }
+
+        #[test]
+        fn user_client_prefers_an_existing_per_user_socket() {
+            let env = ClientEnv {
+                xdg_runtime_dir: Some("/run/user/1000"),
+                ..UNSET
+            };
+
+            assert_eq!(
+                choose(1000, env, &["/run/user/1000/ipcplane/grant.sock"]),
+                PathBuf::from("/run/user/1000/ipcplane/grant.sock")
+            );
+            assert_eq!(
+                choose(1000, UNSET, &["/tmp/ipcplane-1000/grant.sock"]),
+                PathBuf::from("/tmp/ipcplane-1000/grant.sock")
+            );
+        }
+
+        #[test]
+        fn user_client_falls_back_to_the_system_agent() {
+            let env = ClientEnv {
+                xdg_runtime_dir: Some("/run/user/1000"),
+                ..UNSET
+            };
+
+            assert_eq!(
+                choose(1000, env, &["/run/ipcplane/grant.sock"]),
+                PathBuf::from("/run/ipcplane/grant.sock")
+            );
+            assert_eq!(
+                choose(1000, UNSET, &[]),
+                PathBuf::from("/run/ipcplane/grant.sock")
+            );
+        }
+
+        #[test]
+        fn root_client_uses_the_system_agent_even_with_a_per_user_socket() {
+            let env = ClientEnv {
+                xdg_runtime_dir: Some("/run/user/0"),
+                ..UNSET
+            };
+
+            assert_eq!(
+                choose(0, env, &["/run/user/0/ipcplane/grant.sock"]),
+                PathBuf::from("/run/ipcplane/grant.sock")
+            );
+        }
+
+        #[test]
+        fn client_socket_joins_the_requested_file() {
+            let env = ClientEnv {
+                runtime_dir: Some("/rt"),
+                ..UNSET
+            };
+
+            assert_eq!(
+                choose_client_socket(1000, env, CONTROL_SOCKET, |_| false),
+                PathBuf::from("/rt/control.sock")
             );
         }
 

@@ -5,17 +5,26 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ipcplane_proto::v1::{self, grant_request};
 use ipcplane_proto::{GRANT_PROTOCOL_VERSION, MAX_GRANT_DATAGRAM, paths};
 use ipcplane_shm::mapping::Mapping;
 use ipcplane_shm::{Access, fdpass, memfd};
+use rustix::net::sockopt::{Timeout, set_socket_timeout};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use tracing::debug;
 
 use crate::error::{Error, ProtocolError};
 use crate::segment::{Lifetime, Segment, SegmentId, SegmentRef, SharingMode};
 use crate::wire::{self, Reply};
+
+/// How long a [`Client`] waits for the agent by default: to accept the
+/// connection, to take each request and to answer it.
+///
+/// A hung agent would otherwise block a call, and every other call and
+/// [`Segment`] drop sharing the connection, forever.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who the agent says this process is, from the reply to `Hello`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +48,11 @@ pub struct Identity {
 /// be shared between threads (one request is in flight at a time). Segments
 /// keep the connection open until they are dropped, even after the `Client`
 /// is.
+///
+/// Each send and each receive on the connection gives up after a timeout
+/// ([`DEFAULT_TIMEOUT`], or the one given to
+/// [`connect_to_with_timeout`](Self::connect_to_with_timeout)) with
+/// [`Error::Timeout`], after which the connection is unusable.
 #[derive(Debug)]
 pub struct Client {
     connection: Arc<Connection>,
@@ -46,10 +60,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the agent's grant socket at its default path:
-    /// `$IPCPLANE_GRANT_SOCKET`, else `grant.sock` in the runtime directory
-    /// (`$IPCPLANE_RUNTIME_DIR`, `/run/ipcplane` for root,
-    /// `$XDG_RUNTIME_DIR/ipcplane`, or `/tmp/ipcplane-<uid>`).
+    /// Connects to the agent's grant socket at its default path, with
+    /// [`DEFAULT_TIMEOUT`]: `$IPCPLANE_GRANT_SOCKET` if set, else `grant.sock`
+    /// in `$IPCPLANE_RUNTIME_DIR` if set; else, for root,
+    /// `/run/ipcplane/grant.sock`; for other users, the per-user agent's
+    /// socket (`$XDG_RUNTIME_DIR/ipcplane/grant.sock`, or
+    /// `/tmp/ipcplane-<uid>/grant.sock` without `XDG_RUNTIME_DIR`) if it
+    /// exists, else the system agent's `/run/ipcplane/grant.sock`.
     ///
     /// # Errors
     /// As [`connect_to`](Self::connect_to).
@@ -62,26 +79,37 @@ impl Client {
         ))
     }
 
-    /// Connects to the grant socket at `path` and says hello.
+    /// Connects to the grant socket at `path` and says hello, with
+    /// [`DEFAULT_TIMEOUT`].
     ///
     /// # Errors
-    /// [`Error::Connect`] if the socket cannot be reached,
+    /// As [`connect_to_with_timeout`](Self::connect_to_with_timeout).
+    pub fn connect_to(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::connect_to_with_timeout(path, DEFAULT_TIMEOUT)
+    }
+
+    /// Connects to the grant socket at `path` and says hello, waiting at most
+    /// `timeout` for the agent to accept the connection, and then for each
+    /// send and each receive of every request on it (`SO_SNDTIMEO` and
+    /// `SO_RCVTIMEO`, microsecond precision).
+    ///
+    /// # Errors
+    /// [`Error::Connect`] if the socket cannot be reached (its source is
+    /// [`io::ErrorKind::TimedOut`] if the agent did not accept in time, or
+    /// [`io::ErrorKind::InvalidInput`] for a zero `timeout`),
+    /// [`Error::Timeout`] if the agent did not answer the hello in time,
     /// [`Error::VersionMismatch`] if the agent speaks another protocol
     /// version, or the agent's refusal.
-    pub fn connect_to(path: impl AsRef<Path>) -> Result<Self, Error> {
+    pub fn connect_to_with_timeout(
+        path: impl AsRef<Path>,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
         let path = path.as_ref();
-        let socket = open_socket(path).map_err(|source| Error::Connect {
+        let socket = open_socket(path, timeout).map_err(|source| Error::Connect {
             path: path.to_owned(),
             source,
         })?;
-        let connection = Arc::new(Connection {
-            path: path.to_owned(),
-            channel: Mutex::new(Channel {
-                socket,
-                next_request_id: 1,
-                broken: false,
-            }),
-        });
+        let connection = Arc::new(Connection::new(path.to_owned(), socket, timeout));
         let hello = v1::Hello {
             protocol_version: GRANT_PROTOCOL_VERSION,
         };
@@ -234,7 +262,8 @@ impl SegmentBuilder<'_> {
     }
 
     /// When the agent deletes it on its own (default
-    /// [`Lifetime::Persistent`]).
+    /// [`Lifetime::Persistent`], the only lifetime agents of this version
+    /// enforce; see [`Lifetime`]).
     pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
         self.lifetime = lifetime;
         self
@@ -267,6 +296,8 @@ impl SegmentBuilder<'_> {
 #[derive(Debug)]
 struct Connection {
     path: PathBuf,
+    /// The socket's send and receive timeout.
+    timeout: Duration,
     channel: Mutex<Channel>,
 }
 
@@ -281,7 +312,24 @@ struct Channel {
 }
 
 impl Connection {
+    /// A connection over `socket`, whose timeouts are already `timeout`.
+    fn new(path: PathBuf, socket: OwnedFd, timeout: Duration) -> Self {
+        Self {
+            path,
+            timeout,
+            channel: Mutex::new(Channel {
+                socket,
+                next_request_id: 1,
+                broken: false,
+            }),
+        }
+    }
+
     /// Sends one request and returns its reply.
+    ///
+    /// A socket timeout (`EAGAIN` from a blocking socket with `SO_SNDTIMEO`
+    /// or `SO_RCVTIMEO`) is [`Error::Timeout`] and, like any failure after
+    /// the request was started, leaves the connection broken.
     fn call(&self, request: grant_request::Kind) -> Result<Reply, Error> {
         let mut channel = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
         if channel.broken {
@@ -295,6 +343,9 @@ impl Connection {
         retry_interrupted(|| fdpass::send(socket, &datagram, &[])).map_err(|err| {
             match err.kind() {
                 io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::Disconnected,
+                io::ErrorKind::WouldBlock => Error::Timeout {
+                    after: self.timeout,
+                },
                 _ => Error::Io(err),
             }
         })?;
@@ -303,6 +354,9 @@ impl Connection {
             retry_interrupted(|| fdpass::recv(socket, &mut buf)).map_err(|err| {
                 match err.kind() {
                     io::ErrorKind::ConnectionReset => Error::Disconnected,
+                    io::ErrorKind::WouldBlock => Error::Timeout {
+                        after: self.timeout,
+                    },
                     _ => Error::Io(err),
                 }
             })?;
@@ -348,15 +402,29 @@ impl Drop for Attachment {
     }
 }
 
-/// A connected `SOCK_SEQPACKET` UNIX socket.
-fn open_socket(path: &Path) -> io::Result<OwnedFd> {
+/// A connected `SOCK_SEQPACKET` UNIX socket whose sends and receives give up
+/// after `timeout`. The send timeout also bounds `connect`, which waits while
+/// the agent's backlog is full.
+fn open_socket(path: &Path, timeout: Duration) -> io::Result<OwnedFd> {
     let socket = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
     )?;
-    rustix::net::connect(&socket, &SocketAddrUnix::new(path)?)?;
+    set_socket_timeout(&socket, Timeout::Send, Some(timeout))?;
+    set_socket_timeout(&socket, Timeout::Recv, Some(timeout))?;
+    let address = SocketAddrUnix::new(path)?;
+    retry_interrupted(|| Ok(rustix::net::connect(&socket, &address)?)).map_err(|err| {
+        if err.kind() == io::ErrorKind::WouldBlock {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the agent did not accept the connection within {timeout:?}"),
+            )
+        } else {
+            err
+        }
+    })?;
     Ok(socket)
 }
 
@@ -398,6 +466,126 @@ mod tests {
             other => panic!("expected Connect, got {other:?}"),
         }
         assert!(err.to_string().contains("/nonexistent/ipcplane/grant.sock"));
+    }
+
+    const SHORT: Duration = Duration::from_millis(50);
+
+    /// A connection whose agent end is returned but never answers.
+    fn silent_agent() -> (Connection, OwnedFd) {
+        let (client, agent) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        set_socket_timeout(&client, Timeout::Send, Some(SHORT)).unwrap();
+        set_socket_timeout(&client, Timeout::Recv, Some(SHORT)).unwrap();
+        (Connection::new("test".into(), client, SHORT), agent)
+    }
+
+    fn hello() -> grant_request::Kind {
+        grant_request::Kind::Hello(v1::Hello {
+            protocol_version: GRANT_PROTOCOL_VERSION,
+        })
+    }
+
+    #[test]
+    fn call_times_out_when_the_agent_does_not_answer_and_breaks_the_connection() {
+        let (sut, _agent) = silent_agent();
+
+        let err = sut.call(hello()).unwrap_err();
+
+        assert!(
+            matches!(err, Error::Timeout { after } if after == SHORT),
+            "{err:?}"
+        );
+        assert!(matches!(sut.call(hello()), Err(Error::Broken)));
+    }
+
+    #[test]
+    fn call_times_out_when_the_agent_does_not_take_the_request() {
+        let (sut, _agent) = silent_agent();
+        let filler = [0; 1024];
+        let socket = sut.channel.lock().unwrap().socket.try_clone().unwrap();
+        while rustix::net::send(&socket, &filler, rustix::net::SendFlags::DONTWAIT).is_ok() {}
+
+        let err = sut.call(hello()).unwrap_err();
+
+        assert!(
+            matches!(err, Error::Timeout { after } if after == SHORT),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn connect_to_with_timeout_gives_up_on_an_agent_that_never_answers() {
+        let path = std::env::temp_dir().join(format!(
+            "ipcplane-sdk-test-{}-silent.sock",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&listener, 1).unwrap();
+
+        let result = Client::connect_to_with_timeout(&path, SHORT);
+
+        std::fs::remove_file(&path).unwrap();
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, Error::Timeout { after } if after == SHORT),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the ipcplane agent did not respond within 50ms (is it hung or overloaded?)"
+        );
+    }
+
+    #[test]
+    fn connect_to_with_timeout_gives_up_on_an_agent_whose_backlog_is_full() {
+        let path = std::env::temp_dir().join(format!(
+            "ipcplane-sdk-test-{}-full.sock",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&listener, 0).unwrap();
+        let _queued = open_socket(&path, SHORT).unwrap();
+
+        let result = Client::connect_to_with_timeout(&path, SHORT);
+
+        std::fs::remove_file(&path).unwrap();
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, Error::Connect { source, .. } if source.kind() == io::ErrorKind::TimedOut),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn connect_to_with_a_zero_timeout_is_invalid_input() {
+        let err =
+            Client::connect_to_with_timeout("/nonexistent/grant.sock", Duration::ZERO).unwrap_err();
+
+        assert!(
+            matches!(&err, Error::Connect { source, .. } if source.kind() == io::ErrorKind::InvalidInput),
+            "{err:?}"
+        );
     }
 
     #[test]

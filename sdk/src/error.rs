@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipcplane_proto::v1::GrantError;
 use ipcplane_shm::Access;
@@ -36,6 +37,15 @@ pub enum Error {
     /// The agent closed the connection (it stopped or restarted).
     #[error("the ipcplane agent closed the connection")]
     Disconnected,
+    /// The agent did not take the request or did not answer it in time (see
+    /// [`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT)). The connection is unusable
+    /// afterwards, as after any failure half-way through an exchange: later
+    /// calls return [`Error::Broken`].
+    #[error("the ipcplane agent did not respond within {after:?} (is it hung or overloaded?)")]
+    Timeout {
+        /// The connection's timeout that expired.
+        after: Duration,
+    },
     /// An earlier call failed half-way through an exchange, so replies can no
     /// longer be matched to requests on this connection.
     #[error(
@@ -91,8 +101,9 @@ pub enum Error {
         message: String,
     },
     /// A quota of the caller's tenant would be exceeded (`RESOURCE_EXHAUSTED`
-    /// naming a quota).
-    #[error("quota {quota} exceeded: {message}")]
+    /// naming a quota). Displays the agent's message alone, which already
+    /// names the quota.
+    #[error("{message}")]
     QuotaExceeded {
         /// The quota that was hit: `max_bytes`, `max_segments` or
         /// `max_segment_bytes`.
@@ -309,11 +320,23 @@ mod tests {
     }
 
     #[test]
-    fn refusal_messages_name_the_reason_and_the_agents_words() {
+    fn quota_exceeded_shows_the_agents_message_once() {
+        let sut = Error::from_refusal(GrantError {
+            code: 8,
+            message: "quota exceeded: max_bytes of tenant a is 1024".to_owned(),
+            quota: "max_bytes".to_owned(),
+        });
+
         assert_eq!(
-            refusal(8, "max_segments").to_string(),
-            "quota max_segments exceeded: why"
+            sut.to_string(),
+            "quota exceeded: max_bytes of tenant a is 1024"
         );
+        assert!(matches!(sut, Error::QuotaExceeded { quota, .. } if quota == "max_bytes"));
+    }
+
+    #[test]
+    fn refusal_messages_name_the_reason_and_the_agents_words() {
+        assert_eq!(refusal(8, "max_segments").to_string(), "why");
         assert_eq!(refusal(5, "").to_string(), "not found: why");
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! - [`Client`]: the connection to the agent; create, open and delete
-//!   segments. [`Identity`] is who the agent says the caller is.
+//!   segments. [`Identity`] is who the agent says the caller is;
+//!   [`DEFAULT_TIMEOUT`] bounds every wait for the agent.
 //! - [`SegmentBuilder`]: options of a segment to create.
 //! - [`Segment`]: a granted, mapped segment; detaches when dropped.
 //!   [`SegmentInfo`], [`SegmentId`], [`SegmentRef`], [`SharingMode`],
@@ -22,15 +23,11 @@
 //!
 //! # Examples
 //! ```no_run
-//! use ipcplane::{Access, Client, Lifetime};
+//! use ipcplane::{Access, Client};
 //!
 //! let client = Client::connect()?;
-//! let segment = client
-//!     .segment_builder()
-//!     .name("example")
-//!     .size(4096)
-//!     .lifetime(Lifetime::OnLastDetach)
-//!     .create()?;
+//! // Persistent (the default lifetime): it lives until deleted.
+//! let segment = client.segment_builder().name("example").size(4096).create()?;
 //! segment.write_at(0, b"hello")?;
 //!
 //! // Elsewhere, perhaps in another process of the same tenant:
@@ -47,7 +44,7 @@ mod error;
 mod segment;
 mod wire;
 
-pub use client::{Client, Identity, SegmentBuilder};
+pub use client::{Client, DEFAULT_TIMEOUT, Identity, SegmentBuilder};
 pub use error::{Error, ProtocolError};
 pub use ipcplane_shm::Access;
 pub use ipcplane_shm::mapping::{AccessError, MapError};

@@ -327,7 +327,16 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<std::pr
 }
 
 /// True when this process may switch a child to another uid. Tests that need
-/// it print why they skip otherwise.
+/// it print why they skip otherwise; in CI (`CI=true`, which runs as root) a
+/// skip would hide a missing test, so it fails instead.
+///
+/// # Panics
+/// In CI when not root.
 pub fn can_switch_uid() -> bool {
-    rustix::process::geteuid().is_root()
+    let root = rustix::process::geteuid().is_root();
+    assert!(
+        root || std::env::var("CI").as_deref() != Ok("true"),
+        "CI must run the tests as root"
+    );
+    root
 }

@@ -6,18 +6,27 @@
 //! # Layout
 //! - [`Access`]: read or read-write, for file descriptions and mappings.
 //! - [`memfd`]: create a sealed memfd, reopen it with narrower access, read its
-//!   seals and access mode.
+//!   seals and access mode, release its memory once it is freed.
 //! - [`mapping`]: [`Mapping`](mapping::Mapping), a `MAP_SHARED` mapping of a
 //!   whole sealed memfd with bounds-checked copies in and out.
 //! - [`fdpass`]: one datagram with file descriptors in `SCM_RIGHTS`.
-//! - [`peer`]: a race-free pidfd of a connected UNIX socket's peer.
+//! - [`peer`]: the kernel's credentials of a connected UNIX socket's peer, and
+//!   a pidfd of it.
 //!
 //! # Threat model
 //! Every peer is untrusted: another process may write anything into a shared
 //! segment at any time, and may send any bytes and fds over a socket.
-//! - Shared memory is never turned into `&T` or `&mut T`; it is only copied in
-//!   and out through raw pointers, and every offset and length is
-//!   bounds-checked against the mapping's size.
+//! - Shared memory is never turned into `&T` or `&mut T` of plain data; it is
+//!   only copied in and out, and every offset and length is bounds-checked
+//!   against the mapping's size.
+//! - Those copies are atomic, never `memcpy` or volatile: each aligned
+//!   pointer-sized word is one `Relaxed` atomic load or store (or a
+//!   compare-and-swap for a word the range covers only in part), so threads of
+//!   this process that read and write overlapping ranges at once are not a
+//!   data race, and what a peer writes meanwhile is just bytes. A copy is
+//!   atomic per word, not as a whole, and promises no ordering: callers
+//!   synchronise through their own protocol (see
+//!   [`mapping`](mapping#atomic-copies)).
 //! - A memfd is mapped only if it carries [`memfd::REQUIRED_SEALS`], so no
 //!   peer can shrink it under a live mapping (which would raise `SIGBUS`).
 //! - A read-only grant is a read-only file description with mode `0600`, so
@@ -29,7 +38,8 @@
 //! Unit tests in each module and `tests/syscalls.rs` run the real system calls:
 //! seals refuse resizing, the kernel refuses a writable mapping of a read-only
 //! fd, unsealed memfds are refused, fds cross a `socketpair` intact, and
-//! truncation is reported.
+//! truncation is reported. Threads hammering overlapping copies see only
+//! bytes that were written, and never undo each other's neighbouring bytes.
 //!
 //! # Examples
 //! ```

@@ -1,13 +1,30 @@
 //! [`Mapping`]: a `MAP_SHARED` mapping of a whole sealed memfd.
 //!
+//! # Atomic copies
+//! Other threads of this process and other processes may read and write the
+//! mapping at the same time as [`Mapping::read_at`] and [`Mapping::write_at`],
+//! so those copy with atomic operations, never with `memcpy` (a data race on
+//! non-atomic memory is undefined behaviour). Every access they make is one
+//! `Relaxed` atomic operation on the aligned, pointer-sized word (8 bytes on
+//! 64-bit targets) that contains the bytes: whole words in the middle of a
+//! range are loaded or stored, and a word the range covers only in part is
+//! loaded whole (reads) or updated with a compare-and-swap loop that keeps its
+//! other bytes (writes). The access size therefore depends only on the address,
+//! never on the range a caller passes, so two copies never touch the same word
+//! with accesses of different sizes (std's memory model forbids racing
+//! mixed-size atomic accesses, too).
+//!
 //! # References
 //! - [mmap(2)](https://man7.org/linux/man-pages/man2/mmap.2.html)
 //! - [fcntl(2), "File Sealing"](https://man7.org/linux/man-pages/man2/fcntl.2.html)
+//! - [`core::sync::atomic`, "Memory model for atomic accesses" and "Atomic
+//!   accesses to read-only memory"](https://doc.rust-lang.org/core/sync/atomic/index.html#memory-model-for-atomic-accesses)
 
 use std::ffi::c_void;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::fs::{self, SealFlags};
 use rustix::mm::{self, MapFlags, ProtFlags};
@@ -67,13 +84,18 @@ pub enum AccessError {
 ///
 /// The memory is shared with other, untrusted processes, so this type never
 /// hands out references to it: use [`read_at`](Self::read_at) and
-/// [`write_at`](Self::write_at), or [`as_ptr`](Self::as_ptr) with volatile or
+/// [`write_at`](Self::write_at), which copy with atomic operations (see the
+/// [module docs](self#atomic-copies)), or [`as_ptr`](Self::as_ptr) with
 /// atomic access.
 #[derive(Debug)]
 pub struct Mapping {
-    /// Start of the mapping, as returned by `mmap`.
+    /// Start of the mapping, as returned by `mmap`: page aligned, so aligned
+    /// for `AtomicUsize`.
     ptr: *mut c_void,
-    /// Length of the mapping in bytes; never 0.
+    /// Length of the memfd in bytes; never 0. The kernel maps whole pages, so
+    /// the mapped range is `len` rounded up to the page size, which is a
+    /// multiple of [`WORD`]: every aligned word holding a byte below `len` is
+    /// mapped.
     len: usize,
     /// Whether the mapping is writable.
     access: Access,
@@ -84,10 +106,10 @@ pub struct Mapping {
 // mapping is valid in every thread of the process.
 unsafe impl Send for Mapping {}
 
-// SAFETY: `&self` methods only copy bytes in and out through raw pointers. The
-// memory can change under them anyway (peers in other processes write it), so
-// concurrent use from several threads adds nothing the copies do not already
-// tolerate, and no reference to the memory is ever formed.
+// SAFETY: `&self` methods touch the memory only with atomic operations of one
+// size per address (`copy_out`, `copy_in`), so concurrent calls from several
+// threads are not data races; no reference to the memory is ever formed
+// outside those atomic accesses.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
@@ -127,6 +149,10 @@ impl Mapping {
         // shrinking, so all `len` bytes stay backed for the mapping's lifetime.
         let ptr = unsafe { mm::mmap(ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
             .map_err(|err| MapError::Mmap(err.into()))?;
+        debug_assert!(
+            ptr.cast::<AtomicUsize>().is_aligned(),
+            "mmap returns page-aligned addresses"
+        );
         Ok(Self { ptr, len, access })
     }
 
@@ -148,9 +174,13 @@ impl Mapping {
     /// Start of the mapping, for zero-copy users.
     ///
     /// The memory is shared with other processes that may write it at any
-    /// time: access it with volatile or atomic operations, never through
-    /// `&T`/`&mut T`, and never write through it if [`access`](Self::access)
-    /// is [`Access::Read`] (the process would get `SIGSEGV`).
+    /// time: access it only with atomic operations, never through plain or
+    /// volatile reads and writes or `&T`/`&mut T`, and never write through it
+    /// if [`access`](Self::access) is [`Access::Read`] (the process would get
+    /// `SIGSEGV`). [`read_at`](Self::read_at) and [`write_at`](Self::write_at)
+    /// access each aligned pointer-sized word as one `AtomicUsize`; do not let
+    /// them race in this process with atomic writes of another size to the same
+    /// word (or with atomic reads of another size while they write).
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.cast()
     }
@@ -158,21 +188,31 @@ impl Mapping {
     /// Copies `buf.len()` bytes starting at `offset` out of the mapping.
     ///
     /// The bytes are a snapshot that a peer may be changing concurrently:
-    /// treat them as untrusted input.
+    /// treat them as untrusted input. Each aligned word is read atomically,
+    /// but the copy as a whole is not, and it promises no ordering with other
+    /// memory operations: synchronise through your own protocol (e.g. an
+    /// `Acquire` load of a flag through [`as_ptr`](Self::as_ptr) before the
+    /// copy).
     ///
     /// # Errors
     /// [`AccessError::OutOfBounds`] if the range is not inside the mapping.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), AccessError> {
         let src = self.range(offset, buf.len())?;
         // SAFETY: `range` checked that `src..src + buf.len()` lies inside the
-        // mapping, which stays mapped while `self` lives. `buf` is a Rust slice,
-        // and this module never hands out slices into the mapping, so the two
-        // ranges do not overlap. Bytes are plain data: any value is valid.
-        unsafe { ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        // memfd, and the kernel mapped whole pages from the page-aligned
+        // `self.ptr`, so every aligned word holding one of those bytes is
+        // mapped, and stays mapped while `self` is borrowed. The mapping is at
+        // least readable, and `copy_out` only loads.
+        unsafe { copy_out(src, buf) };
         Ok(())
     }
 
     /// Copies `data` into the mapping starting at `offset`.
+    ///
+    /// Each aligned word is written atomically, but the copy as a whole is not,
+    /// and it promises no ordering with other memory operations: publish the
+    /// bytes through your own protocol (e.g. a `Release` store of a flag
+    /// through [`as_ptr`](Self::as_ptr) after the copy).
     ///
     /// # Errors
     /// [`AccessError::ReadOnly`] if the mapping is read-only,
@@ -183,10 +223,11 @@ impl Mapping {
         }
         let dst = self.range(offset, data.len())?;
         // SAFETY: `range` checked that `dst..dst + data.len()` lies inside the
-        // mapping, which is writable (checked above) and stays mapped while
-        // `self` lives. `data` is a Rust slice, and this module never hands out
-        // slices into the mapping, so the two ranges do not overlap.
-        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        // memfd, and the kernel mapped whole pages from the page-aligned
+        // `self.ptr`, so every aligned word holding one of those bytes is
+        // mapped, and stays mapped while `self` is borrowed. The mapping is
+        // writable (checked above).
+        unsafe { copy_in(data, dst) };
         Ok(())
     }
 
@@ -200,6 +241,128 @@ impl Mapping {
                 size: self.len,
             }),
         }
+    }
+}
+
+/// Size and alignment of every access [`copy_out`] and [`copy_in`] make to
+/// shared memory: one `AtomicUsize`, whose alignment always equals its size.
+///
+/// Pointer-sized rather than `u64` because std guarantees that `Relaxed`
+/// atomic loads work on read-only pages only up to the pointer size on some
+/// targets (4 bytes on 32-bit x86 and Arm), and read-only mappings are read
+/// through [`copy_out`].
+const WORD: usize = size_of::<AtomicUsize>();
+
+/// Copies `dst.len()` bytes of shared memory, starting at `src`, into `dst`.
+///
+/// The words the range covers whole are loaded one by one; a word it covers
+/// in part (at most the first and the last) is loaded whole and only the
+/// wanted bytes are kept. Every load is a `Relaxed` atomic load of one
+/// aligned [`WORD`].
+///
+/// # Safety
+/// - Every [`WORD`]-aligned word that holds a byte of `src..src + dst.len()`
+///   must be mapped (at least readable) for the whole call.
+/// - Within this process, nothing may write those words concurrently other
+///   than with atomic operations of [`WORD`] bytes on the same aligned words
+///   (as [`copy_in`] does). Other processes are outside Rust's memory model:
+///   what they write just shows up as bytes.
+unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
+    let head_len = (src.addr().wrapping_neg() % WORD).min(dst.len());
+    let (head, rest) = dst.split_at_mut(head_len);
+    let mut words = rest.chunks_exact_mut(WORD);
+    let mut addr = src.wrapping_add(head_len);
+    for chunk in &mut words {
+        // SAFETY: `addr` is a multiple of `WORD`, the alignment of
+        // `AtomicUsize` (the head was skipped), and its word is mapped for the
+        // whole call (caller contract). If the page is read-only, only a
+        // `Relaxed` load of pointer size is made through the reference, which
+        // std documents as fine on read-only memory. Writers in this process
+        // use `WORD`-sized atomics on this word (caller contract): no data
+        // race and no mixed-size race.
+        let word = unsafe { AtomicUsize::from_ptr(addr.cast_mut().cast()) };
+        // ORDERING: Relaxed: the copy promises only that each word is read
+        // atomically, not when or in what order other threads' or processes'
+        // writes become visible; callers that need ordering synchronise
+        // through their own protocol (an Acquire load before the copy).
+        chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        addr = addr.wrapping_add(WORD);
+    }
+    for (part, start) in [(head, src), (words.into_remainder(), addr)] {
+        if part.is_empty() {
+            continue;
+        }
+        let skip = start.addr() % WORD;
+        // SAFETY: `start` rounded down to a multiple of `WORD` is aligned for
+        // `AtomicUsize`, and that word holds bytes of the range, so it is
+        // mapped for the whole call (caller contract). As above, only a
+        // `Relaxed` pointer-sized load is made through it, and writers in
+        // this process use `WORD`-sized atomics on this word.
+        let word = unsafe { AtomicUsize::from_ptr(start.wrapping_sub(skip).cast_mut().cast()) };
+        // ORDERING: Relaxed, as for whole words: no ordering is promised.
+        let bytes = word.load(Ordering::Relaxed).to_ne_bytes();
+        part.copy_from_slice(&bytes[skip..skip + part.len()]);
+    }
+}
+
+/// Copies `src` into shared memory starting at `dst`.
+///
+/// A word the range covers whole is written with one `Relaxed` atomic store;
+/// a word it covers in part (at most the first and the last) is updated with a
+/// `Relaxed` compare-and-swap loop that keeps the word's other bytes, so a
+/// concurrent write to those bytes is not lost. The loop retries only when
+/// another thread or process wrote the same word in between.
+///
+/// # Safety
+/// - Every [`WORD`]-aligned word that holds a byte of `dst..dst + src.len()`
+///   must be mapped readable and writable for the whole call.
+/// - Within this process, nothing may access those words concurrently other
+///   than with atomic operations of [`WORD`] bytes on the same aligned words
+///   (as [`copy_out`] and `copy_in` do). Other processes are outside Rust's
+///   memory model: their accesses just race with these in the hardware.
+unsafe fn copy_in(src: &[u8], dst: *mut u8) {
+    let head_len = (dst.addr().wrapping_neg() % WORD).min(src.len());
+    let (head, rest) = src.split_at(head_len);
+    let mut words = rest.chunks_exact(WORD);
+    let mut addr = dst.wrapping_add(head_len);
+    for chunk in &mut words {
+        let value = usize::from_ne_bytes(chunk.try_into().expect("chunks are WORD bytes"));
+        // SAFETY: `addr` is a multiple of `WORD`, the alignment of
+        // `AtomicUsize` (the head was skipped), and its word is mapped
+        // readable and writable for the whole call (caller contract). Every
+        // other access in this process to the word is a `WORD`-sized atomic
+        // (caller contract): no data race and no mixed-size race.
+        let word = unsafe { AtomicUsize::from_ptr(addr.cast()) };
+        // ORDERING: Relaxed: the copy promises only that each word is written
+        // atomically, not when or in what order it becomes visible; callers
+        // that need ordering publish through their own protocol (a Release
+        // store after the copy).
+        word.store(value, Ordering::Relaxed);
+        addr = addr.wrapping_add(WORD);
+    }
+    for (part, start) in [(head, dst), (words.remainder(), addr)] {
+        if part.is_empty() {
+            continue;
+        }
+        let skip = start.addr() % WORD;
+        let mut bytes = [0; WORD];
+        bytes[skip..skip + part.len()].copy_from_slice(part);
+        let mut keep = [u8::MAX; WORD];
+        keep[skip..skip + part.len()].fill(0);
+        let (bytes, keep) = (usize::from_ne_bytes(bytes), usize::from_ne_bytes(keep));
+        // SAFETY: `start` rounded down to a multiple of `WORD` is aligned for
+        // `AtomicUsize`, and that word holds bytes of the range, so it is
+        // mapped readable and writable for the whole call (caller contract).
+        // Every other access in this process to the word is a `WORD`-sized
+        // atomic (caller contract).
+        let word = unsafe { AtomicUsize::from_ptr(start.wrapping_sub(skip).cast()) };
+        // ORDERING: Relaxed on success and failure: as for whole words, no
+        // ordering is promised; the read-modify-write only has to keep the
+        // word's other bytes, which its atomicity alone guarantees.
+        let update = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some(old & keep | bytes)
+        });
+        debug_assert!(update.is_ok(), "the update closure never gives up");
     }
 }
 
@@ -334,6 +497,99 @@ mod tests {
         sut.read_at(0, &mut buf).unwrap();
 
         assert_eq!(&buf, b"still here");
+    }
+
+    #[test]
+    fn copies_of_every_alignment_and_length_match_a_plain_buffer() {
+        let fd = create_sealed("test", 4096).unwrap();
+        let sut = Mapping::map(fd.as_fd(), Access::ReadWrite).unwrap();
+        let mut model = vec![0_u8; 64];
+        sut.write_at(0, &model).unwrap();
+
+        for offset in 0..2 * WORD {
+            for len in 0..4 * WORD {
+                let data: Vec<u8> = (0..len)
+                    .map(|i| (offset * 31 + len * 7 + i) as u8)
+                    .collect();
+                sut.write_at(offset, &data).unwrap();
+                model[offset..offset + len].copy_from_slice(&data);
+
+                let mut whole = [0; 64];
+                sut.read_at(0, &mut whole).unwrap();
+                assert_eq!(
+                    whole[..],
+                    model[..],
+                    "after writing {len} bytes at {offset}"
+                );
+                let mut part = vec![0; len];
+                sut.read_at(offset, &mut part).unwrap();
+                assert_eq!(part, data, "reading {len} bytes at {offset}");
+            }
+        }
+    }
+
+    #[test]
+    fn copies_reach_the_last_byte_of_a_memfd_whose_size_is_not_a_word_multiple() {
+        let fd = create_sealed("test", 4099).unwrap();
+        let sut = Mapping::map(fd.as_fd(), Access::ReadWrite).unwrap();
+
+        sut.write_at(4093, b"abcdef").unwrap();
+        let mut buf = [0; 7];
+        sut.read_at(4092, &mut buf).unwrap();
+
+        assert_eq!(&buf, b"\0abcdef");
+    }
+
+    #[test]
+    fn concurrent_overlapping_copies_see_only_written_bytes() {
+        const A: u8 = 0xA5;
+        const B: u8 = 0x5A;
+        let fd = create_sealed("test", 8192).unwrap();
+        let sut = Mapping::map(fd.as_fd(), Access::ReadWrite).unwrap();
+        // Ranges that overlap and end inside different words, so whole-word
+        // stores, partial-word updates and loads of both kinds meet.
+        let (a_range, b_range) = (3..2051, 1..2045);
+        sut.write_at(0, &[A; 2100]).unwrap();
+
+        std::thread::scope(|scope| {
+            for (value, write, read) in [(A, &a_range, &b_range), (B, &b_range, &a_range)] {
+                let sut = &sut;
+                scope.spawn(move || {
+                    let data = vec![value; write.len()];
+                    let mut buf = vec![0; read.len()];
+                    for _ in 0..2000 {
+                        sut.write_at(write.start, &data).unwrap();
+                        sut.read_at(read.start, &mut buf).unwrap();
+                        assert!(buf.iter().all(|&byte| byte == A || byte == B), "{buf:x?}");
+                    }
+                });
+            }
+        });
+        let mut around = [0; 2100];
+        sut.read_at(0, &mut around).unwrap();
+        assert!(around.iter().all(|&byte| byte == A || byte == B));
+    }
+
+    #[test]
+    fn concurrent_writes_to_neighbouring_bytes_of_a_word_keep_each_other() {
+        let fd = create_sealed("test", 4096).unwrap();
+        let sut = Mapping::map(fd.as_fd(), Access::ReadWrite).unwrap();
+
+        std::thread::scope(|scope| {
+            // Two writers share the word at 0 (and 8 on 32-bit targets).
+            for (offset, len) in [(0, 3), (3, WORD)] {
+                let sut = &sut;
+                scope.spawn(move || {
+                    let mut buf = vec![0; len];
+                    for round in 1..=5000_u32 {
+                        let data = vec![round as u8 | 1; len];
+                        sut.write_at(offset, &data).unwrap();
+                        sut.read_at(offset, &mut buf).unwrap();
+                        assert_eq!(buf, data, "a neighbour's write undid bytes at {offset}");
+                    }
+                });
+            }
+        });
     }
 
     #[test]

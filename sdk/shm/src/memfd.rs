@@ -104,6 +104,34 @@ pub fn reopen(fd: BorrowedFd<'_>, access: Access) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Gives a freed segment's memory back to the system: `fstat` for the size,
+/// then `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, size)`.
+///
+/// When the agent frees a segment, a process that claimed to have detached
+/// may still hold the memfd (or a mapping of it), which would keep the pages,
+/// charged to the agent on behalf of the tenant, alive. Punching them out
+/// frees them now: whoever still maps the memfd reads zeros from then on, and
+/// any page it touches again is allocated anew and charged to its own memory
+/// cgroup, not the agent's. The size and the seals do not change (punching is
+/// allowed because our memfds are not sealed with `F_SEAL_WRITE`).
+///
+/// # Errors
+/// The `fstat` or `fallocate` error: `EBADF` if `fd` is not open for writing,
+/// `EPERM` if the memfd is sealed against writing.
+pub fn release_memory(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let size = u64::try_from(fs::fstat(fd)?.st_size).unwrap_or(0);
+    if size == 0 {
+        return Ok(());
+    }
+    fs::fallocate(
+        fd,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        0,
+        size,
+    )?;
+    Ok(())
+}
+
 /// The seals of a memfd (`fcntl(F_GET_SEALS)`).
 ///
 /// # Errors
@@ -146,6 +174,7 @@ mod tests {
     use rustix::io::Errno;
 
     use super::*;
+    use crate::mapping::Mapping;
 
     #[test]
     fn create_sealed_returns_a_sized_sealed_private_memfd() {
@@ -207,6 +236,44 @@ mod tests {
         assert_eq!(access_of(read_only.as_fd()).unwrap(), Access::Read);
         assert_eq!(access_of(read_write.as_fd()).unwrap(), Access::ReadWrite);
         assert!(seals(read_only.as_fd()).unwrap().contains(REQUIRED_SEALS));
+    }
+
+    #[test]
+    fn release_memory_zeroes_the_pages_and_keeps_size_and_seals() {
+        const SIZE: usize = 1 << 20;
+        let sut = create_sealed("test", SIZE as u64).unwrap();
+        let seals_before = seals(sut.as_fd()).unwrap();
+        let mapping = Mapping::map(sut.as_fd(), Access::ReadWrite).unwrap();
+        mapping.write_at(0, &[0xA5; SIZE]).unwrap();
+
+        release_memory(sut.as_fd()).unwrap();
+
+        let mut buf = vec![0xFF; SIZE];
+        mapping.read_at(0, &mut buf).unwrap();
+        assert!(buf.iter().all(|&byte| byte == 0));
+        let stat = fstat(&sut).unwrap();
+        assert_eq!(stat.st_size, SIZE as i64);
+        assert_eq!(seals(sut.as_fd()).unwrap(), seals_before);
+    }
+
+    #[test]
+    fn release_memory_frees_the_allocated_blocks() {
+        let sut = create_sealed("test", 1 << 20).unwrap();
+        assert!(fstat(&sut).unwrap().st_blocks > 0);
+
+        release_memory(sut.as_fd()).unwrap();
+
+        assert_eq!(fstat(&sut).unwrap().st_blocks, 0);
+    }
+
+    #[test]
+    fn release_memory_needs_a_writable_description() {
+        let fd = create_sealed("test", 4096).unwrap();
+        let read_only = reopen(fd.as_fd(), Access::Read).unwrap();
+
+        let err = release_memory(read_only.as_fd()).unwrap_err();
+
+        assert_eq!(err.raw_os_error(), Some(Errno::BADF.raw_os_error()));
     }
 
     #[test]

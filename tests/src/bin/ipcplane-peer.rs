@@ -7,8 +7,9 @@
 //!   `data=`; with rw also write `reply from <pid>` at offset 1024.
 //! - `hold <name> <size>`: create a segment, print `id=`, keep it until stdin closes.
 //! - `delete <id>`: delete a segment.
-//! - `probe-read-only <name>`: open read-only, then try what a hostile holder
-//!   would: map the fd writable and ftruncate it; print both outcomes.
+//! - `probe <name>`: try what a hostile holder would: map a read-only grant
+//!   writable (`map_rw=`), and shrink and grow a read-write grant
+//!   (`shrink=`, `grow=`); print each outcome.
 //!
 //! Failures print `error=<kind>` and `message=<text>` and exit 3.
 #![forbid(unsafe_code)]
@@ -63,14 +64,18 @@ fn run(args: &[String]) -> Result<(), Error> {
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
         }
         "delete" => client.delete_segment(SegmentId::new(arg(1).parse().unwrap_or(0)))?,
-        "probe-read-only" => {
-            let segment = client.open_segment(target(arg(1)), Access::Read)?;
-            let writable = ipcplane_shm::mapping::Mapping::map(segment.as_fd(), Access::ReadWrite);
+        "probe" => {
+            let read_only = client.open_segment(target(arg(1)), Access::Read)?;
+            let writable =
+                ipcplane_shm::mapping::Mapping::map(read_only.as_fd(), Access::ReadWrite);
             println!("map_rw={}", outcome(writable.map(drop)));
+            let read_write = client.open_segment(target(arg(1)), Access::ReadWrite)?;
             println!(
-                "ftruncate={}",
-                outcome(rustix::fs::ftruncate(segment.as_fd(), 0))
+                "shrink={}",
+                outcome(rustix::fs::ftruncate(read_write.as_fd(), 0))
             );
+            let grow = rustix::fs::ftruncate(read_write.as_fd(), (read_write.len() as u64) * 2);
+            println!("grow={}", outcome(grow));
         }
         other => panic!("unknown command {other:?}"),
     }
