@@ -21,18 +21,29 @@
 //! `synchronous = NORMAL` makes a commit durable against a crash of the agent
 //! (the WAL is written before the answer) without an fsync per batch; power
 //! loss may lose the last batches.
+//!
+//! Committed events are also published, in id order, to live subscribers
+//! ([`AuditLog::subscribe`]), which is what WatchEvents streams. Publishing
+//! happens only after the commit, so whatever a subscriber missed (it fell
+//! behind, or it subscribed mid-batch) is already in the store to be read by
+//! id.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, params, params_from_iter};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::core::{Caller, Limits, SegmentRecord};
 
 /// Most jobs written in one transaction.
 const MAX_BATCH: usize = 256;
+
+/// Committed events kept for live subscribers. A subscriber further behind
+/// is told it lagged and reads the rest from the store, so this bounds
+/// memory whatever the event rate and however slow a subscriber is.
+const LIVE_CAPACITY: usize = 1024;
 
 /// The schema, one step per entry; `PRAGMA user_version` counts the steps
 /// applied. Never edit a step that has shipped: append a new one.
@@ -187,6 +198,7 @@ struct Store {
     queue: Mutex<Queue>,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    live: broadcast::Sender<StoredEvent>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -263,6 +275,7 @@ impl AuditLog {
             queue: Mutex::new(Queue::default()),
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            live: broadcast::channel(LIVE_CAPACITY).0,
         };
         Ok((AuditLog(Arc::new(store)), restored))
     }
@@ -316,12 +329,53 @@ impl AuditLog {
             queue.pending.drain(..take).collect()
         };
         let result = write_batch(&mut lock(&self.0.writer), &batch);
-        if let Err(error) = &result {
-            tracing::error!(cause = %error, jobs = batch.len(), "audit commit failed");
-        }
+        let result = match result {
+            Ok(ids) => {
+                self.publish(&batch, &ids);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(cause = %error, jobs = batch.len(), "audit commit failed");
+                Err(error)
+            }
+        };
         for job in batch {
             // The requester may have gone; its outcome is already decided.
             let _ = job.done.send(result.clone());
+        }
+    }
+
+    /// Sends a committed batch's events, with their row `ids` (in order), to
+    /// live subscribers. Called by the leader only, so batches go out in
+    /// commit (and id) order. With no subscriber nothing is copied: one who
+    /// subscribes after this check finds the batch in the store.
+    fn publish(&self, batch: &[Job], ids: &[u64]) {
+        if self.0.live.receiver_count() == 0 {
+            return;
+        }
+        let events = batch
+            .iter()
+            .flat_map(|job| &job.records)
+            .filter_map(|record| match record {
+                Record::Event(event) => Some(event),
+                _ => None,
+            });
+        for (&id, event) in ids.iter().zip(events) {
+            let stored = StoredEvent {
+                id,
+                // As stored, to the microsecond, so live and replayed copies are equal.
+                time: UNIX_EPOCH + Duration::from_micros(from_i64(micros(event.time))),
+                pid: event.pid,
+                uid: event.uid,
+                gid: event.gid,
+                tenant: event.tenant.clone(),
+                action: event.action.to_owned(),
+                resource: event.resource.clone(),
+                outcome: event.outcome,
+                detail: event.detail.clone(),
+            };
+            // Every subscriber may have gone since the check; nothing is lost.
+            let _ = self.0.live.send(stored);
         }
     }
 
@@ -351,6 +405,31 @@ impl AuditLog {
         tokio::task::spawn_blocking(move || read_events(&lock(&store.reader), &query))
             .await
             .map_err(|_| AuditError::WriterGone)?
+    }
+
+    /// Every event committed from now on, in id order. A receiver that falls
+    /// more than `LIVE_CAPACITY` (1024) events behind gets
+    /// `RecvError::Lagged` and skips ahead; the events it skipped are in the
+    /// store ([`AuditLog::events`] after the last id it saw).
+    pub fn subscribe(&self) -> broadcast::Receiver<StoredEvent> {
+        self.0.live.subscribe()
+    }
+
+    /// The id of the newest stored event, 0 if there is none: where a live
+    /// subscriber starts when it wants nothing older.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn last_event_id(&self) -> Result<u64, AuditError> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let last: Option<i64> =
+                lock(&store.reader)
+                    .query_row("SELECT MAX(id) FROM audit_events", [], |row| row.get(0))?;
+            Ok(last.map_or(0, from_i64))
+        })
+        .await
+        .map_err(|_| AuditError::WriterGone)?
     }
 
     /// Folds the WAL back into the database file, for a clean stop.
@@ -446,8 +525,10 @@ fn read_events(conn: &Connection, query: &EventQuery) -> Result<Vec<StoredEvent>
 }
 
 /// Writes a batch in one transaction; a failure rolls all of it back.
-fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), AuditError> {
+/// Returns the row ids of its events, in order.
+fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<u64>, AuditError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut ids = Vec::new();
     for record in batch.iter().flat_map(|job| &job.records) {
         match record {
             Record::Event(e) => {
@@ -466,6 +547,7 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), AuditError> {
                     e.outcome.as_str(),
                     e.detail
                 ])?;
+                ids.push(from_i64(tx.last_insert_rowid()));
             }
             Record::SegmentCreated(s) => {
                 tx.prepare_cached(
@@ -517,7 +599,7 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), AuditError> {
         }
     }
     tx.commit()?;
-    Ok(())
+    Ok(ids)
 }
 
 fn micros(time: SystemTime) -> i64 {
@@ -563,6 +645,9 @@ mod tests {
             attachments: 1,
             created: SystemTime::now(),
             attached: None,
+            owner_client: None,
+            unattached_since: None,
+            owner_exited: None,
         }
     }
 
@@ -628,6 +713,48 @@ mod tests {
             (events[0].action.as_str(), events[0].outcome, events[0].pid),
             ("segment.create", Outcome::Allowed, 7)
         );
+    }
+
+    #[tokio::test]
+    async fn subscribers_get_each_committed_event_as_stored_with_its_row_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sut, _) = AuditLog::open(&dir.path().join("audit.db")).unwrap();
+        let event = |resource: &str| {
+            Record::Event(Event::new(
+                &caller(),
+                "segment.create",
+                resource,
+                Outcome::Allowed,
+                "",
+            ))
+        };
+        sut.commit(vec![event("segments/1")]).await.unwrap();
+        assert_eq!(sut.last_event_id().await.unwrap(), 1);
+        let mut live = sut.subscribe();
+        sut.commit(vec![
+            event("segments/2"),
+            Record::SegmentFreed {
+                id: 2,
+                at: SystemTime::now(),
+            },
+            event("segments/3"),
+        ])
+        .await
+        .unwrap();
+
+        let received = [live.recv().await.unwrap(), live.recv().await.unwrap()];
+        assert!(live.try_recv().is_err(), "only events, each once");
+        let stored = sut
+            .events(EventQuery {
+                after_id: 1,
+                limit: 10,
+                ..EventQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(received.to_vec(), stored);
+        assert_eq!((received[0].id, received[1].id), (2, 3));
+        assert_eq!(sut.last_event_id().await.unwrap(), 3);
     }
 
     #[tokio::test]

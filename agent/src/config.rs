@@ -3,6 +3,7 @@
 //! Precedence: flag > env > file > default.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
@@ -25,6 +26,10 @@ pub const ENV_CONTROL_GROUP: &str = "IPCPLANE_CONTROL_GROUP";
 pub const ENV_LOG: &str = "IPCPLANE_LOG";
 /// `plain` (default) or `json`.
 pub const ENV_LOG_FORMAT: &str = "IPCPLANE_LOG_FORMAT";
+
+/// Default orphan grace: an owner's restart or a slow consumer has time to
+/// come back before its segment can be purged.
+pub const DEFAULT_ORPHAN_GRACE_SECONDS: u64 = 600;
 
 /// Default quota when neither the file nor an override sets one.
 pub const DEFAULT_LIMITS: Limits = Limits {
@@ -90,6 +95,9 @@ pub struct FileConfig {
     /// Rules mapping callers to tenants, first match wins.
     #[serde(default)]
     pub tenants: Vec<TenantRule>,
+    /// How long an unattached segment of an exited owner waits before it is
+    /// an orphan that `PurgeSegments` may remove.
+    pub orphan_grace_seconds: Option<u64>,
 }
 
 /// `[quota]`: sizes as integers or strings such as "4GiB"; "unlimited" lifts a limit.
@@ -118,6 +126,8 @@ pub struct TenantRule {
     pub uids: Vec<u32>,
     #[serde(default)]
     pub gids: Vec<u32>,
+    /// This tenant's orphan grace, overriding `orphan_grace_seconds`.
+    pub orphan_grace_seconds: Option<u64>,
 }
 
 /// Validated configuration.
@@ -132,6 +142,7 @@ pub struct Config {
     pub admin_gids: Vec<u32>,
     pub default_limits: Limits,
     pub tenant_rules: Vec<TenantRule>,
+    pub orphan_grace: Duration,
 }
 
 impl Config {
@@ -272,6 +283,10 @@ pub fn resolve(cli: Cli, file: FileConfig, host: &Host) -> Result<Config, String
         admin_gids: file.admin_gids,
         default_limits,
         tenant_rules: file.tenants,
+        orphan_grace: Duration::from_secs(
+            file.orphan_grace_seconds
+                .unwrap_or(DEFAULT_ORPHAN_GRACE_SECONDS),
+        ),
     })
 }
 
@@ -383,6 +398,14 @@ mod tests {
             assert!(err.contains(expected), "{text}: {err}");
         }
         assert!(toml::from_str::<FileConfig>("colour = 1").is_err());
+    }
+
+    #[test]
+    fn the_example_config_in_deploy_is_valid() {
+        let example = include_str!("../../deploy/config/agent.example.toml");
+        let sut = resolve(cli(&[]), file(example), &user_host()).unwrap();
+        assert_eq!(sut.orphan_grace, Duration::from_secs(600));
+        assert_eq!(sut.tenant_rules.len(), 2);
     }
 
     #[test]

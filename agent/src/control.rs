@@ -1,6 +1,10 @@
 //! The gRPC control API on `control.sock` (mode 0660): the services of
 //! `control.proto`, plus `grpc.health.v1` and server reflection so `grpcurl`
 //! and any gRPC client work. Callers are identified by SO_PEERCRED.
+//!
+//! The WatchEvents stream lives in the `watch` submodule.
+
+mod watch;
 
 use std::io;
 use std::path::Path;
@@ -68,7 +72,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
-    let api = Api(agent);
+    let api = Api(agent, shutdown.clone());
     let stop = {
         let shutdown = shutdown.clone();
         async move {
@@ -110,9 +114,10 @@ async fn set_health(
     }
 }
 
-/// All control services share the agent.
+/// All control services share the agent; streams end when the shutdown
+/// fires, so they never hold the server's graceful stop.
 #[derive(Debug, Clone)]
-struct Api(Arc<Agent>);
+struct Api(Arc<Agent>, Shutdown);
 
 impl Api {
     /// The caller as the kernel reported it on this connection.
@@ -221,6 +226,42 @@ impl Page {
 
 fn parse_filter(text: &str, allowed: &[&str]) -> Result<Filter, Status> {
     Filter::parse(text, allowed).map_err(Status::from)
+}
+
+/// An audit filter as column/value pairs for the store (outcomes in their
+/// stored spelling), plus the tenant a non-admin is confined to.
+fn audit_columns(
+    filter: &Filter,
+    scope: Option<String>,
+) -> Result<Vec<(&'static str, String)>, Status> {
+    let mut equals: Vec<(&'static str, String)> = Vec::new();
+    for comparison in &filter.comparisons {
+        let column = AUDIT_FILTER_COLUMNS
+            .into_iter()
+            .find(|c| *c == comparison.field)
+            .expect("the filter admits only these columns");
+        let value = match column {
+            "outcome" => {
+                let outcome = comparison.value.to_ascii_uppercase();
+                if ![Outcome::Allowed, Outcome::Denied, Outcome::Failed]
+                    .iter()
+                    .any(|o| o.as_str() == outcome)
+                {
+                    return Err(Status::invalid_argument(format!(
+                        "invalid filter: outcome must be ALLOWED, DENIED or FAILED, got {:?}",
+                        comparison.value
+                    )));
+                }
+                outcome
+            }
+            _ => comparison.value.clone(),
+        };
+        equals.push((column, value));
+    }
+    if let Some(tenant) = scope {
+        equals.push(("tenant", tenant));
+    }
+    Ok(equals)
 }
 
 #[tonic::async_trait]
@@ -551,33 +592,7 @@ impl audit_service_server::AuditService for Api {
         let scope = self
             .tenant_scope(&caller, "audit.list", &filter, "tenant")
             .await?;
-        let mut equals: Vec<(&'static str, String)> = Vec::new();
-        for comparison in &filter.comparisons {
-            let column = AUDIT_FILTER_COLUMNS
-                .into_iter()
-                .find(|c| *c == comparison.field)
-                .expect("the filter admits only these columns");
-            let value = match column {
-                "outcome" => {
-                    let outcome = comparison.value.to_ascii_uppercase();
-                    if ![Outcome::Allowed, Outcome::Denied, Outcome::Failed]
-                        .iter()
-                        .any(|o| o.as_str() == outcome)
-                    {
-                        return Err(Status::invalid_argument(format!(
-                            "invalid filter: outcome must be ALLOWED, DENIED or FAILED, got {:?}",
-                            comparison.value
-                        )));
-                    }
-                    outcome
-                }
-                _ => comparison.value.clone(),
-            };
-            equals.push((column, value));
-        }
-        if let Some(tenant) = scope {
-            equals.push(("tenant", tenant));
-        }
+        let equals = audit_columns(&filter, scope)?;
         let since = request
             .since
             .map(|t| {
@@ -603,6 +618,29 @@ impl audit_service_server::AuditService for Api {
             events,
             next_page_token,
         }))
+    }
+
+    type WatchEventsStream = watch::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let filter = parse_filter(&request.filter, &AUDIT_FILTER_COLUMNS)?;
+        let scope = self
+            .tenant_scope(&caller, "audit.watch", &filter, "tenant")
+            .await?;
+        let equals = audit_columns(&filter, scope)?;
+        let stream = watch::start(
+            self.0.audit.clone(),
+            equals,
+            request.after_id,
+            self.1.clone(),
+        )
+        .await?;
+        Ok(Response::new(stream))
     }
 }
 

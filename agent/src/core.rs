@@ -40,9 +40,15 @@ impl fmt::Display for SegmentId {
     }
 }
 
-/// Agent-assigned id of one grant-socket connection.
+/// Agent-assigned id of a client process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClientId(pub u64);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "clients/{}", self.0)
+    }
+}
 
 /// Who besides the creator may write a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +57,7 @@ pub enum SharingMode {
     ReadOnlyForOthers,
 }
 
-/// When the agent deletes a segment on its own. Recorded now; acted on by the
-/// reaper.
+/// When the agent deletes a segment on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifetime {
     Persistent,
@@ -134,6 +139,13 @@ pub struct SegmentRecord {
     pub attachments: u32,
     pub created: SystemTime,
     pub attached: Option<SystemTime>,
+    /// The client process that created it (none for gRPC pre-provisioning).
+    pub owner_client: Option<ClientId>,
+    /// Since when nobody holds it (for `ttl`); `None` while attached.
+    pub unattached_since: Option<SystemTime>,
+    /// When its creating process exited; a pre-provisioned segment has no
+    /// owning process, so this is its creation time.
+    pub owner_exited: Option<SystemTime>,
 }
 
 /// Which segment an open names.
@@ -201,14 +213,64 @@ pub struct QuotaView {
     pub overridden: bool,
 }
 
-/// A connected grant-socket client.
+/// A process known from the grant socket: it holds attachments from its
+/// first connection until it exits, whether or not it stays connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientRecord {
     pub id: ClientId,
     pub caller: Caller,
+    pub process: ProcessIdentity,
     pub connected: SystemTime,
+    /// Open grant connections of the process.
+    pub connections: u32,
     /// Attachment count per segment.
     pub attachments: BTreeMap<SegmentId, u32>,
+}
+
+/// One process for as long as it lives: a pid alone can be reused, its start
+/// time (in clock ticks since boot) makes it unique.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcessIdentity {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// Why the agent ended a segment's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Deleted with no attachment, or the last attachment of a draining one went.
+    Deleted,
+    /// `on_last_detach`: its last attachment went.
+    LastDetach,
+    /// `owner`: its creating process exited.
+    OwnerExited,
+    /// `ttl`: unattached for longer than its ttl.
+    TtlExpired,
+    /// An orphan removed by a purge.
+    Purged,
+}
+
+impl EndReason {
+    /// The audited wording.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Deleted => "deleted and released",
+            EndReason::LastDetach => "on_last_detach: last attachment released",
+            EndReason::OwnerExited => "owner: creating process exited",
+            EndReason::TtlExpired => "ttl: unattached for longer than its ttl",
+            EndReason::Purged => "purged as an orphan",
+        }
+    }
+}
+
+/// What a process exit changed.
+#[derive(Debug)]
+pub struct Exit<M> {
+    pub client: ClientRecord,
+    /// Segments whose memory is now unreferenced.
+    pub freed: Vec<Freed<M>>,
+    /// `owner` segments still attached by others: now draining.
+    pub draining: Vec<SegmentRecord>,
 }
 
 impl ClientRecord {
@@ -265,6 +327,7 @@ fn quota_message(tenant: &str, quota: QuotaKind, limit: u64, used: u64, requeste
 pub struct Freed<M> {
     pub record: SegmentRecord,
     pub memory: Option<M>,
+    pub reason: EndReason,
 }
 
 /// What deleting a segment did.
@@ -289,6 +352,7 @@ pub struct Core<M> {
     names: HashMap<(String, String), SegmentId>,
     next_segment_id: u64,
     clients: BTreeMap<ClientId, ClientRecord>,
+    processes: HashMap<ProcessIdentity, ClientId>,
     next_client_id: u64,
     default_limits: Limits,
     overrides: HashMap<String, Limits>,
@@ -304,6 +368,7 @@ impl<M: Clone> Core<M> {
             names: HashMap::new(),
             next_segment_id: next_segment_id.max(1),
             clients: BTreeMap::new(),
+            processes: HashMap::new(),
             next_client_id: 1,
             default_limits,
             overrides: HashMap::new(),
@@ -320,8 +385,15 @@ impl<M: Clone> Core<M> {
         &mut self,
         caller: &Caller,
         spec: &SegmentSpec,
+        owner: Option<ClientId>,
         now: SystemTime,
     ) -> Result<SegmentRecord, CoreError> {
+        if spec.lifetime == Lifetime::Owner && owner.is_none() {
+            return Err(CoreError::InvalidArgument(
+                "an owner lifetime needs an owning process: create it through the grant socket"
+                    .into(),
+            ));
+        }
         let tenant = match &spec.tenant {
             Some(tenant) => {
                 validate_tenant(tenant)?;
@@ -403,6 +475,9 @@ impl<M: Clone> Core<M> {
             attachments: 0,
             created: now,
             attached: None,
+            owner_client: owner,
+            unattached_since: Some(now),
+            owner_exited: owner.is_none().then_some(now),
         };
         if let Some(name) = &spec.name {
             self.names.insert((tenant.clone(), name.clone()), id);
@@ -420,18 +495,12 @@ impl<M: Clone> Core<M> {
         Ok(record)
     }
 
-    /// Makes a reserved segment visible with its memory. When `attach_to` is
-    /// a client, the creator holds the first attachment.
+    /// Makes a reserved segment visible with its memory; its owning client,
+    /// if any, holds the first attachment.
     ///
     /// # Panics
     /// If `id` is not a reservation of this core (a bug in the caller).
-    pub fn complete_segment(
-        &mut self,
-        id: SegmentId,
-        memory: M,
-        attach_to: Option<ClientId>,
-        now: SystemTime,
-    ) -> SegmentRecord {
+    pub fn complete_segment(&mut self, id: SegmentId, memory: M, now: SystemTime) -> SegmentRecord {
         let entry = self
             .segments
             .get_mut(&id)
@@ -439,12 +508,10 @@ impl<M: Clone> Core<M> {
         assert_eq!(entry.record.state, SegmentState::Creating);
         entry.record.state = SegmentState::Active;
         entry.memory = Some(memory);
-        if let Some(client) = attach_to.and_then(|c| self.clients.get_mut(&c)) {
-            entry.record.attachments += 1;
-            entry.record.attached = Some(now);
-            *client.attachments.entry(id).or_default() += 1;
+        if let Some(client) = entry.record.owner_client {
+            self.attach(client, id, now);
         }
-        entry.record.clone()
+        self.segments[&id].record.clone()
     }
 
     /// Drops a reservation whose memory could not be allocated, returning its
@@ -453,7 +520,7 @@ impl<M: Clone> Core<M> {
         if let Some(entry) = self.segments.get(&id)
             && entry.record.state == SegmentState::Creating
         {
-            self.remove(id);
+            self.remove(id, EndReason::Deleted);
         }
     }
 
@@ -506,12 +573,9 @@ impl<M: Clone> Core<M> {
                 "{id} already has {MAX_ATTACHMENTS} attachments"
             )));
         }
-        let entry = self.segments.get_mut(&id).expect("visible_entry found it");
+        self.attach(client, id, now);
+        let entry = &self.segments[&id];
         let memory = entry.memory.clone().expect("active segments have memory");
-        entry.record.attachments += 1;
-        entry.record.attached = Some(now);
-        let client = self.clients.get_mut(&client).expect("checked above");
-        *client.attachments.entry(id).or_default() += 1;
         Ok((entry.record.clone(), memory))
     }
 
@@ -524,6 +588,7 @@ impl<M: Clone> Core<M> {
         &mut self,
         client: ClientId,
         id: SegmentId,
+        now: SystemTime,
     ) -> Result<Option<Freed<M>>, CoreError> {
         let record = self
             .clients
@@ -536,7 +601,7 @@ impl<M: Clone> Core<M> {
         if *held == 0 {
             record.attachments.remove(&id);
         }
-        Ok(self.release_attachments(id, 1))
+        Ok(self.release_attachments(id, 1, now))
     }
 
     /// Deletes a segment: freed now if unattached, else draining.
@@ -550,15 +615,9 @@ impl<M: Clone> Core<M> {
     ) -> Result<Deleted<M>, CoreError> {
         let entry = self.visible_entry(caller, id)?;
         if entry.record.attachments == 0 {
-            return Ok(Deleted::Freed(self.remove(id)));
+            return Ok(Deleted::Freed(self.remove(id, EndReason::Deleted)));
         }
-        let entry = self.segments.get_mut(&id).expect("visible_entry found it");
-        entry.record.state = SegmentState::Draining;
-        let record = entry.record.clone();
-        if let Some(name) = &record.name {
-            self.names.remove(&(record.tenant.clone(), name.clone()));
-        }
-        Ok(Deleted::Draining(record))
+        Ok(Deleted::Draining(self.start_draining(id)))
     }
 
     /// A segment as `caller` may see it.
@@ -577,32 +636,130 @@ impl<M: Clone> Core<M> {
             .filter(|r| r.state != SegmentState::Creating)
     }
 
-    /// Registers a connected client.
-    pub fn register_client(&mut self, caller: Caller, now: SystemTime) -> ClientId {
+    /// Registers a grant connection of a process. Returns the process's
+    /// client id and whether the process is new (and must be watched).
+    pub fn register_client(
+        &mut self,
+        caller: Caller,
+        process: ProcessIdentity,
+        now: SystemTime,
+    ) -> (ClientId, bool) {
+        if let Some(&id) = self.processes.get(&process) {
+            let record = self.clients.get_mut(&id).expect("processes index clients");
+            record.connections += 1;
+            return (id, false);
+        }
         let id = ClientId(self.next_client_id);
         self.next_client_id += 1;
+        self.processes.insert(process, id);
         self.clients.insert(
             id,
             ClientRecord {
                 id,
                 caller,
+                process,
                 connected: now,
+                connections: 1,
                 attachments: BTreeMap::new(),
             },
         );
-        id
+        (id, true)
     }
 
-    /// Forgets a client and releases every attachment it held; returns the
-    /// segments this freed (draining ones whose last attachment it was).
-    pub fn unregister_client(&mut self, client: ClientId) -> Vec<Freed<M>> {
-        let Some(record) = self.clients.remove(&client) else {
-            return Vec::new();
-        };
-        record
+    /// A grant connection closed. The process keeps its attachments: it may
+    /// still have the segments mapped. They go when the process exits.
+    pub fn disconnect_client(&mut self, client: ClientId) {
+        if let Some(record) = self.clients.get_mut(&client) {
+            record.connections = record.connections.saturating_sub(1);
+        }
+    }
+
+    /// A client process exited (however: exit, signal, or a zombie not yet
+    /// reaped): releases its attachments and ends its `owner` segments.
+    pub fn process_exited(&mut self, client: ClientId, now: SystemTime) -> Option<Exit<M>> {
+        let record = self.clients.remove(&client)?;
+        self.processes.remove(&record.process);
+        let mut freed: Vec<Freed<M>> = record
             .attachments
+            .iter()
+            .filter_map(|(&id, &count)| self.release_attachments(id, count, now))
+            .collect();
+        let mut owned = Vec::new();
+        for entry in self
+            .segments
+            .values_mut()
+            .filter(|e| e.record.owner_client == Some(client))
+        {
+            entry.record.owner_exited = Some(now);
+            if entry.record.lifetime == Lifetime::Owner
+                && entry.record.state == SegmentState::Active
+            {
+                owned.push(entry.record.id);
+            }
+        }
+        let mut draining = Vec::new();
+        for id in owned {
+            if self.segments[&id].record.attachments == 0 {
+                freed.push(self.remove(id, EndReason::OwnerExited));
+            } else {
+                draining.push(self.start_draining(id));
+            }
+        }
+        Some(Exit {
+            client: record,
+            freed,
+            draining,
+        })
+    }
+
+    /// Orphans visible to `caller`: active segments whose owner has exited and
+    /// that nobody has attached for longer than their tenant's `grace`.
+    pub fn orphans(
+        &self,
+        caller: &Caller,
+        now: SystemTime,
+        grace: impl Fn(&str) -> std::time::Duration,
+    ) -> Vec<SegmentRecord> {
+        let idle_for = |since: Option<SystemTime>| since.and_then(|t| now.duration_since(t).ok());
+        self.segments
+            .values()
+            .map(|e| &e.record)
+            .filter(|r| r.state == SegmentState::Active && r.attachments == 0)
+            .filter(|r| check_tenant_access(caller, &r.tenant).is_ok())
+            .filter(|r| {
+                let grace = grace(&r.tenant);
+                idle_for(r.owner_exited).is_some_and(|idle| idle >= grace)
+                    && idle_for(r.unattached_since).is_some_and(|idle| idle >= grace)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Removes an orphan listed by [`Core::orphans`], if it still is one
+    /// (nobody attached it since).
+    pub fn purge(&mut self, id: SegmentId) -> Option<Freed<M>> {
+        let entry = self.segments.get(&id)?;
+        (entry.record.state == SegmentState::Active && entry.record.attachments == 0)
+            .then(|| self.remove(id, EndReason::Purged))
+    }
+
+    /// Frees every `ttl` segment unattached for longer than its ttl.
+    pub fn expire_ttl(&mut self, now: SystemTime) -> Vec<Freed<M>> {
+        let expired: Vec<SegmentId> = self
+            .segments
+            .values()
+            .filter(|e| e.record.state == SegmentState::Active)
+            .filter_map(|e| match (e.record.lifetime, e.record.unattached_since) {
+                (Lifetime::Ttl { ttl_ms }, Some(since)) => now
+                    .duration_since(since)
+                    .is_ok_and(|idle| idle >= std::time::Duration::from_millis(ttl_ms))
+                    .then_some(e.record.id),
+                _ => None,
+            })
+            .collect();
+        expired
             .into_iter()
-            .filter_map(|(id, count)| self.release_attachments(id, count))
+            .map(|id| self.remove(id, EndReason::TtlExpired))
             .collect()
     }
 
@@ -734,14 +891,64 @@ impl<M: Clone> Core<M> {
         Ok(entry)
     }
 
-    fn release_attachments(&mut self, id: SegmentId, count: u32) -> Option<Freed<M>> {
-        let entry = self.segments.get_mut(&id)?;
-        entry.record.attachments = entry.record.attachments.saturating_sub(count);
-        (entry.record.state == SegmentState::Draining && entry.record.attachments == 0)
-            .then(|| self.remove(id))
+    /// Records one more attachment of `client` to `id`.
+    fn attach(&mut self, client: ClientId, id: SegmentId, now: SystemTime) {
+        let Some(holder) = self.clients.get_mut(&client) else {
+            return;
+        };
+        *holder.attachments.entry(id).or_default() += 1;
+        let record = &mut self
+            .segments
+            .get_mut(&id)
+            .expect("attach to a known segment")
+            .record;
+        record.attachments += 1;
+        record.attached = Some(now);
+        record.unattached_since = None;
     }
 
-    fn remove(&mut self, id: SegmentId) -> Freed<M> {
+    /// Drops `count` attachments; the last one frees a draining or
+    /// `on_last_detach` segment and starts a `ttl` segment's clock.
+    fn release_attachments(
+        &mut self,
+        id: SegmentId,
+        count: u32,
+        now: SystemTime,
+    ) -> Option<Freed<M>> {
+        let record = &mut self.segments.get_mut(&id)?.record;
+        record.attachments = record.attachments.saturating_sub(count);
+        if record.attachments > 0 {
+            return None;
+        }
+        record.unattached_since = Some(now);
+        match (record.state, record.lifetime) {
+            (SegmentState::Draining, _) => Some(self.remove(id, EndReason::Deleted)),
+            (SegmentState::Active, Lifetime::OnLastDetach) => {
+                Some(self.remove(id, EndReason::LastDetach))
+            }
+            _ => None,
+        }
+    }
+
+    /// Deleted while attached: invisible to opens and its name free, still
+    /// charged until the last attachment goes.
+    fn start_draining(&mut self, id: SegmentId) -> SegmentRecord {
+        let record = &mut self
+            .segments
+            .get_mut(&id)
+            .expect("draining a known segment")
+            .record;
+        record.state = SegmentState::Draining;
+        let record = record.clone();
+        if let Some(name) = &record.name
+            && self.names.get(&(record.tenant.clone(), name.clone())) == Some(&id)
+        {
+            self.names.remove(&(record.tenant.clone(), name.clone()));
+        }
+        record
+    }
+
+    fn remove(&mut self, id: SegmentId, reason: EndReason) -> Freed<M> {
         let entry = self
             .segments
             .remove(&id)
@@ -759,6 +966,7 @@ impl<M: Clone> Core<M> {
         Freed {
             record,
             memory: entry.memory,
+            reason,
         }
     }
 }
@@ -851,8 +1059,24 @@ mod tests {
         spec: &SegmentSpec,
         client: Option<ClientId>,
     ) -> SegmentId {
-        let record = sut.reserve_segment(who, spec, NOW).unwrap();
-        sut.complete_segment(record.id, (), client, NOW).id
+        let record = sut.reserve_segment(who, spec, client, NOW).unwrap();
+        sut.complete_segment(record.id, (), NOW).id
+    }
+
+    /// Registers a connection of a new process of `who`.
+    fn connect(sut: &mut Core<()>, who: Caller) -> ClientId {
+        let start_time = sut.next_client_id;
+        let process = ProcessIdentity {
+            pid: who.pid,
+            start_time,
+        };
+        let (client, new) = sut.register_client(who, process, NOW);
+        assert!(new);
+        client
+    }
+
+    fn at_ms(ms: u64) -> SystemTime {
+        NOW + std::time::Duration::from_millis(ms)
     }
 
     #[test]
@@ -860,7 +1084,7 @@ mod tests {
         let mut sut = unlimited();
         let alice = caller(1000);
         let reserved = sut
-            .reserve_segment(&alice, &spec(Some("a"), 4096), NOW)
+            .reserve_segment(&alice, &spec(Some("a"), 4096), None, NOW)
             .unwrap();
         assert_eq!(sut.segments_after(SegmentId(0)).count(), 0);
         assert_eq!(
@@ -870,7 +1094,7 @@ mod tests {
                 segments: 1
             }
         );
-        sut.complete_segment(reserved.id, (), None, NOW);
+        sut.complete_segment(reserved.id, (), NOW);
         let listed: Vec<_> = sut.segments_after(SegmentId(0)).collect();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].state, SegmentState::Active);
@@ -883,7 +1107,7 @@ mod tests {
         let mut sut = unlimited();
         let alice = caller(1000);
         let reserved = sut
-            .reserve_segment(&alice, &spec(Some("a"), 4096), NOW)
+            .reserve_segment(&alice, &spec(Some("a"), 4096), None, NOW)
             .unwrap();
         sut.abandon_segment(reserved.id);
         assert_eq!(
@@ -891,7 +1115,7 @@ mod tests {
             Usage::default()
         );
         assert!(
-            sut.reserve_segment(&alice, &spec(Some("a"), 4096), NOW)
+            sut.reserve_segment(&alice, &spec(Some("a"), 4096), None, NOW)
                 .is_ok()
         );
     }
@@ -922,7 +1146,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    sut.reserve_segment(&alice, &bad, NOW),
+                    sut.reserve_segment(&alice, &bad, None, NOW),
                     Err(CoreError::InvalidArgument(_))
                 ),
                 "{bad:?}"
@@ -935,11 +1159,11 @@ mod tests {
         let mut sut = unlimited();
         create(&mut sut, &caller(1000), &spec(Some("same"), 1), None);
         assert!(matches!(
-            sut.reserve_segment(&caller(1000), &spec(Some("same"), 1), NOW),
+            sut.reserve_segment(&caller(1000), &spec(Some("same"), 1), None, NOW),
             Err(CoreError::AlreadyExists(_))
         ));
         assert!(
-            sut.reserve_segment(&caller(1001), &spec(Some("same"), 1), NOW)
+            sut.reserve_segment(&caller(1001), &spec(Some("same"), 1), None, NOW)
                 .is_ok()
         );
     }
@@ -958,17 +1182,17 @@ mod tests {
             other => panic!("expected a quota error, got {other:?}"),
         };
         assert_eq!(
-            quota_of(sut.reserve_segment(&alice, &spec(None, 6_001), NOW)),
+            quota_of(sut.reserve_segment(&alice, &spec(None, 6_001), None, NOW)),
             QuotaKind::MaxSegmentBytes
         );
         create(&mut sut, &alice, &spec(None, 6_000), None);
         assert_eq!(
-            quota_of(sut.reserve_segment(&alice, &spec(None, 4_001), NOW)),
+            quota_of(sut.reserve_segment(&alice, &spec(None, 4_001), None, NOW)),
             QuotaKind::MaxBytes
         );
         create(&mut sut, &alice, &spec(None, 4_000), None);
         assert_eq!(
-            quota_of(sut.reserve_segment(&alice, &spec(None, 1), NOW)),
+            quota_of(sut.reserve_segment(&alice, &spec(None, 1), None, NOW)),
             QuotaKind::MaxSegments
         );
         // Nothing was created by the refused requests.
@@ -980,7 +1204,7 @@ mod tests {
             }
         );
         let message = sut
-            .reserve_segment(&alice, &spec(None, 7_000), NOW)
+            .reserve_segment(&alice, &spec(None, 7_000), None, NOW)
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -989,7 +1213,7 @@ mod tests {
         );
         // Another tenant has its own budget.
         assert!(
-            sut.reserve_segment(&caller(1001), &spec(None, 6_000), NOW)
+            sut.reserve_segment(&caller(1001), &spec(None, 6_000), None, NOW)
                 .is_ok()
         );
     }
@@ -1035,7 +1259,7 @@ mod tests {
         let mut sut = unlimited();
         let id = create(&mut sut, &caller(1000), &spec(Some("a"), 1), None);
         let mallory = caller(65534);
-        let client = sut.register_client(mallory.clone(), NOW);
+        let client = connect(&mut sut, mallory.clone());
         assert!(matches!(
             sut.open_segment(client, &Target::Id(id), Access::Read, NOW),
             Err(CoreError::PermissionDenied(_))
@@ -1074,7 +1298,7 @@ mod tests {
             uid: 1001,
             ..owner.clone()
         };
-        let client = sut.register_client(peer, NOW);
+        let client = connect(&mut sut, peer);
         assert!(matches!(
             sut.open_segment(client, &Target::Id(id), Access::ReadWrite, NOW),
             Err(CoreError::PermissionDenied(_))
@@ -1083,7 +1307,7 @@ mod tests {
             sut.open_segment(client, &Target::Id(id), Access::Read, NOW)
                 .is_ok()
         );
-        let owner_client = sut.register_client(owner, NOW);
+        let owner_client = connect(&mut sut, owner);
         assert!(
             sut.open_segment(owner_client, &Target::Id(id), Access::ReadWrite, NOW)
                 .is_ok()
@@ -1094,9 +1318,9 @@ mod tests {
     fn attachments_follow_open_detach_and_disconnect() {
         let mut sut = unlimited();
         let alice = caller(1000);
-        let creator = sut.register_client(alice.clone(), NOW);
+        let creator = connect(&mut sut, alice.clone());
         let id = create(&mut sut, &alice, &spec(Some("a"), 1), Some(creator));
-        let reader = sut.register_client(alice.clone(), NOW);
+        let reader = connect(&mut sut, alice.clone());
         sut.open_segment(reader, &Target::Name("a".into()), Access::Read, NOW)
             .unwrap();
         sut.open_segment(reader, &Target::Id(id), Access::Read, NOW)
@@ -1108,20 +1332,178 @@ mod tests {
                 .sum::<u32>(),
             3
         );
-        sut.detach_segment(creator, id).unwrap();
+        sut.detach_segment(creator, id, NOW).unwrap();
         assert!(matches!(
-            sut.detach_segment(creator, id),
+            sut.detach_segment(creator, id, NOW),
             Err(CoreError::NotFound(_))
         ));
-        assert!(sut.unregister_client(reader).is_empty());
+        // A closed connection keeps the process's attachments...
+        sut.disconnect_client(reader);
+        assert_eq!(sut.get_segment(&alice, id).unwrap().attachments, 2);
+        // ...until the process exits.
+        let exit = sut.process_exited(reader, NOW).unwrap();
+        assert!(exit.freed.is_empty() && exit.draining.is_empty());
         assert_eq!(sut.get_segment(&alice, id).unwrap().attachments, 0);
+        assert!(sut.process_exited(reader, NOW).is_none());
+    }
+
+    #[test]
+    fn a_second_connection_of_the_same_process_is_the_same_client() {
+        let mut sut = unlimited();
+        let process = ProcessIdentity {
+            pid: 7,
+            start_time: 1,
+        };
+        let (first, new) = sut.register_client(caller(1000), process, NOW);
+        let (second, again) = sut.register_client(caller(1000), process, NOW);
+        assert_eq!((first, new, again), (second, true, false));
+        let reused_pid = ProcessIdentity {
+            pid: 7,
+            start_time: 2,
+        };
+        assert_ne!(sut.register_client(caller(1000), reused_pid, NOW).0, first);
+    }
+
+    #[test]
+    fn an_owner_segment_ends_with_its_creator_draining_while_others_hold_it() {
+        let mut sut = unlimited();
+        let alice = caller(1000);
+        let owner = connect(&mut sut, alice.clone());
+        let spec = SegmentSpec {
+            lifetime: Lifetime::Owner,
+            ..spec(Some("o"), 10)
+        };
+        let alone = create(&mut sut, &alice, &spec, Some(owner));
+        let shared = create(
+            &mut sut,
+            &alice,
+            &SegmentSpec {
+                name: Some("p".into()),
+                ..spec.clone()
+            },
+            Some(owner),
+        );
+        let reader = connect(&mut sut, alice.clone());
+        sut.open_segment(reader, &Target::Id(shared), Access::Read, NOW)
+            .unwrap();
+
+        let exit = sut.process_exited(owner, NOW).unwrap();
+        let freed: Vec<_> = exit.freed.iter().map(|f| (f.record.id, f.reason)).collect();
+        assert_eq!(freed, [(alone, EndReason::OwnerExited)]);
+        assert_eq!(
+            exit.draining.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [shared]
+        );
+        // Still charged while the reader holds it; freed when it exits.
+        assert_eq!(sut.quota(&alice, "uid-1000").unwrap().usage.segments, 1);
+        let exit = sut.process_exited(reader, NOW).unwrap();
+        assert_eq!(
+            exit.freed.iter().map(|f| f.record.id).collect::<Vec<_>>(),
+            [shared]
+        );
+        assert_eq!(
+            sut.quota(&alice, "uid-1000").unwrap().usage,
+            Usage::default()
+        );
+        // Owner lifetimes need an owning process.
+        assert!(matches!(
+            sut.reserve_segment(&alice, &spec, None, NOW),
+            Err(CoreError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn on_last_detach_ends_when_the_last_of_two_holders_goes() {
+        let mut sut = unlimited();
+        let alice = caller(1000);
+        let first = connect(&mut sut, alice.clone());
+        let spec = SegmentSpec {
+            lifetime: Lifetime::OnLastDetach,
+            ..spec(Some("d"), 10)
+        };
+        let id = create(&mut sut, &alice, &spec, Some(first));
+        let second = connect(&mut sut, alice.clone());
+        sut.open_segment(second, &Target::Id(id), Access::Read, NOW)
+            .unwrap();
+        assert!(sut.process_exited(first, NOW).unwrap().freed.is_empty());
+        assert_eq!(sut.get_segment(&alice, id).unwrap().attachments, 1);
+        let freed = sut.detach_segment(second, id, NOW).unwrap().unwrap();
+        assert_eq!((freed.record.id, freed.reason), (id, EndReason::LastDetach));
+    }
+
+    #[test]
+    fn orphans_are_unattached_segments_of_exited_owners_past_their_grace() {
+        let mut sut = unlimited();
+        let alice = caller(1000);
+        let grace = |_: &str| std::time::Duration::from_millis(100);
+        let owner = connect(&mut sut, alice.clone());
+        let kept = create(&mut sut, &alice, &spec(Some("kept"), 1), Some(owner));
+        let left = create(&mut sut, &alice, &spec(Some("left"), 1), Some(owner));
+        sut.detach_segment(owner, left, NOW).unwrap();
+        // The owner is alive: nothing is an orphan yet.
+        assert!(sut.orphans(&alice, at_ms(1_000), grace).is_empty());
+        let reader = connect(&mut sut, alice.clone());
+        sut.open_segment(reader, &Target::Id(kept), Access::Read, NOW)
+            .unwrap();
+        sut.process_exited(owner, at_ms(1_000));
+        // Within the grace, then past it; `kept` is still attached by the reader.
+        assert!(sut.orphans(&alice, at_ms(1_050), grace).is_empty());
+        let orphans: Vec<_> = sut
+            .orphans(&alice, at_ms(1_100), grace)
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(orphans, [left]);
+        assert!(
+            sut.orphans(&caller(1001), at_ms(1_100), grace).is_empty(),
+            "other tenants see none"
+        );
+        let purged = sut.purge(left).unwrap();
+        assert_eq!(purged.reason, EndReason::Purged);
+        assert!(
+            sut.purge(kept).is_none(),
+            "an attached segment is never purged"
+        );
+    }
+
+    #[test]
+    fn a_ttl_segment_expires_only_after_its_ttl_unattached() {
+        let mut sut = unlimited();
+        let alice = caller(1000);
+        let holder = connect(&mut sut, alice.clone());
+        let spec = SegmentSpec {
+            lifetime: Lifetime::Ttl { ttl_ms: 100 },
+            ..spec(Some("t"), 10)
+        };
+        let id = create(&mut sut, &alice, &spec, Some(holder));
+        // Attached: never expires, however long.
+        assert!(sut.expire_ttl(at_ms(10_000)).is_empty());
+        sut.detach_segment(holder, id, at_ms(10_000)).unwrap();
+        assert!(sut.expire_ttl(at_ms(10_099)).is_empty());
+        let expired = sut.expire_ttl(at_ms(10_100));
+        assert_eq!(
+            expired
+                .iter()
+                .map(|f| (f.record.id, f.reason))
+                .collect::<Vec<_>>(),
+            [(id, EndReason::TtlExpired)]
+        );
+        // Pre-provisioned and never attached: counts from creation.
+        let idle = create(&mut sut, &alice, &SegmentSpec { name: None, ..spec }, None);
+        assert_eq!(
+            sut.expire_ttl(at_ms(100))
+                .iter()
+                .map(|f| f.record.id)
+                .collect::<Vec<_>>(),
+            [idle]
+        );
     }
 
     #[test]
     fn deleting_an_attached_segment_drains_until_the_last_detach() {
         let mut sut = unlimited();
         let alice = caller(1000);
-        let client = sut.register_client(alice.clone(), NOW);
+        let client = connect(&mut sut, alice.clone());
         let id = create(&mut sut, &alice, &spec(Some("a"), 4096), Some(client));
         assert!(matches!(
             sut.delete_segment(&alice, id),
@@ -1134,12 +1516,15 @@ mod tests {
         ));
         assert_eq!(sut.quota(&alice, "uid-1000").unwrap().usage.bytes, 4096);
         assert!(
-            sut.reserve_segment(&alice, &spec(Some("a"), 1), NOW)
+            sut.reserve_segment(&alice, &spec(Some("a"), 1), None, NOW)
                 .is_ok()
         );
-        let freed = sut.unregister_client(client);
+        let freed = sut.process_exited(client, NOW).unwrap().freed;
         assert_eq!(freed.len(), 1);
-        assert_eq!(freed[0].record.id, id);
+        assert_eq!(
+            (freed[0].record.id, freed[0].reason),
+            (id, EndReason::Deleted)
+        );
         assert_eq!(
             sut.quota(&alice, "uid-1000").unwrap().usage,
             Usage {
@@ -1154,8 +1539,8 @@ mod tests {
         let mut sut = unlimited();
         create(&mut sut, &caller(1000), &spec(None, 10), None);
         create(&mut sut, &caller(1000), &spec(None, 10), None);
-        sut.register_client(caller(1000), NOW);
-        sut.register_client(caller(1001), NOW);
+        connect(&mut sut, caller(1000));
+        connect(&mut sut, caller(1001));
         sut.update_quota_override(&admin(), "payments", |_| Ok(Some(Limits::default())))
             .unwrap();
         let tenants: Vec<_> = sut
@@ -1182,11 +1567,13 @@ mod tests {
             ..spec(None, 1)
         };
         assert!(matches!(
-            sut.reserve_segment(&caller(1000), &other, NOW),
+            sut.reserve_segment(&caller(1000), &other, None, NOW),
             Err(CoreError::PermissionDenied(_))
         ));
         assert_eq!(
-            sut.reserve_segment(&admin(), &other, NOW).unwrap().tenant,
+            sut.reserve_segment(&admin(), &other, None, NOW)
+                .unwrap()
+                .tenant,
             "uid-1"
         );
         let bad = SegmentSpec {
@@ -1194,7 +1581,7 @@ mod tests {
             ..spec(None, 1)
         };
         assert!(matches!(
-            sut.reserve_segment(&admin(), &bad, NOW),
+            sut.reserve_segment(&admin(), &bad, None, NOW),
             Err(CoreError::InvalidArgument(_))
         ));
     }

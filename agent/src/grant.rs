@@ -29,7 +29,8 @@ use tokio::task::JoinSet;
 
 use crate::audit::{Event, Outcome};
 use crate::convert;
-use crate::core::{Caller, ClientId, CoreError, SegmentId, SegmentSpec, Target};
+use crate::core::{Caller, ClientId, CoreError, ProcessIdentity, SegmentId, SegmentSpec, Target};
+use crate::reaper::Reaper;
 use crate::service::{Agent, ServiceError};
 use crate::shutdown::Shutdown;
 
@@ -84,7 +85,12 @@ fn seqpacket() -> io::Result<OwnedFd> {
 ///
 /// # Errors
 /// The listener cannot be registered with the runtime.
-pub async fn serve(agent: Arc<Agent>, listener: OwnedFd, shutdown: Shutdown) -> io::Result<()> {
+pub async fn serve(
+    agent: Arc<Agent>,
+    reaper: Arc<Reaper>,
+    listener: OwnedFd,
+    shutdown: Shutdown,
+) -> io::Result<()> {
     let listener = Readiness::new(listener)?;
     let mut connections = JoinSet::new();
     loop {
@@ -104,7 +110,8 @@ pub async fn serve(agent: Arc<Agent>, listener: OwnedFd, shutdown: Shutdown) -> 
         };
         match accepted {
             Ok(socket) => {
-                let connection = Connection::serve(agent.clone(), socket, shutdown.clone());
+                let connection =
+                    Connection::serve(agent.clone(), reaper.clone(), socket, shutdown.clone());
                 connections.spawn(async move {
                     if let Err(error) = connection.await {
                         tracing::debug!(cause = %error, "grant connection ended with an error");
@@ -143,18 +150,28 @@ fn out_of_descriptors(error: &io::Error) -> bool {
 /// One client connection.
 struct Connection {
     agent: Arc<Agent>,
+    reaper: Arc<Reaper>,
     socket: Readiness,
     caller: Caller,
+    peer: Peer,
     client: Option<ClientId>,
 }
 
 impl Connection {
-    async fn serve(agent: Arc<Agent>, socket: OwnedFd, shutdown: Shutdown) -> io::Result<()> {
-        let caller = identify(&agent, &socket)?;
+    async fn serve(
+        agent: Arc<Agent>,
+        reaper: Arc<Reaper>,
+        socket: OwnedFd,
+        shutdown: Shutdown,
+    ) -> io::Result<()> {
+        let peer = identify(&socket)?;
+        let caller = agent.policy.caller(peer.process.pid, peer.uid, peer.gid);
         let mut connection = Connection {
             agent,
+            reaper,
             socket: Readiness::new(socket)?,
             caller,
+            peer,
             client: None,
         };
         let result = tokio::select! {
@@ -245,14 +262,22 @@ impl Connection {
             );
             return self.violation(id, message).await;
         }
-        let client = match self.agent.connect_client(&self.caller).await {
-            Ok(client) => client,
+        let (client, new) = match self
+            .agent
+            .connect_client(&self.caller, self.peer.process)
+            .await
+        {
+            Ok(registered) => registered,
             Err(error) => {
                 let reply = grant_response::Kind::Error(v1::GrantError::from(&error));
                 return self.send(id, reply, None).await;
             }
         };
         self.client = Some(client);
+        if new && let Some(pidfd) = self.peer.pidfd.take() {
+            // Watched from the first connection until the process exits.
+            self.reaper.watch_process(client, pidfd)?;
+        }
         let reply = grant_response::Kind::Hello(v1::HelloReply {
             protocol_version: GRANT_PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -384,12 +409,21 @@ impl Readiness {
     }
 }
 
-/// The peer's kernel credentials, mapped to a caller. The pid from
-/// SO_PEERCRED must be the process a pidfd of the peer refers to, else the
-/// peer has exited (and its pid may have been reused) and the connection is
-/// refused. A peer in another pid namespace (pid 0) is refused too: the agent
-/// must see its clients' pids to tell processes apart.
-fn identify(agent: &Agent, socket: &OwnedFd) -> io::Result<Caller> {
+/// A connected process as the kernel identifies it.
+struct Peer {
+    process: ProcessIdentity,
+    uid: u32,
+    gid: u32,
+    /// Handed to the reaper when this is the process's first connection.
+    pidfd: Option<OwnedFd>,
+}
+
+/// The peer's kernel credentials and identity. The pid from SO_PEERCRED must
+/// still be the process a pidfd of the peer refers to after its start time
+/// was read, else the peer has exited (and its pid may have been reused) and
+/// the connection is refused. A peer in another pid namespace (pid 0) is
+/// refused too: the agent must see its clients' pids to tell them apart.
+fn identify(socket: &OwnedFd) -> io::Result<Peer> {
     let refuse = |error: io::Error| {
         tracing::warn!(cause = %error, "refusing a grant connection whose peer cannot be identified");
         error
@@ -402,6 +436,7 @@ fn identify(agent: &Agent, socket: &OwnedFd) -> io::Result<Caller> {
         )));
     }
     let pidfd = ipcplane_shm::peer::peer_pidfd(socket.as_fd()).map_err(refuse)?;
+    let start_time = process_start_time(cred.pid);
     if pidfd_pid(&pidfd)? != Some(cred.pid) {
         let gone = io::Error::new(
             io::ErrorKind::NotConnected,
@@ -409,7 +444,26 @@ fn identify(agent: &Agent, socket: &OwnedFd) -> io::Result<Caller> {
         );
         return Err(refuse(gone));
     }
-    Ok(agent.policy.caller(cred.pid, cred.uid, cred.gid))
+    Ok(Peer {
+        process: ProcessIdentity {
+            pid: cred.pid,
+            start_time: start_time.map_err(refuse)?,
+        },
+        uid: cred.uid,
+        gid: cred.gid,
+        pidfd: Some(pidfd),
+    })
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks
+/// after boot. The command name (field 2) may hold spaces and parentheses, so
+/// fields are counted after its last `)`.
+fn process_start_time(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("cannot read the start time of pid {pid}")))
 }
 
 /// The pid a pidfd refers to (`Pid:` in its fdinfo), `None` once it exited.

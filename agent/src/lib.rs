@@ -8,6 +8,7 @@
 //! - [`grant`]: the grant socket (SOCK_SEQPACKET, SCM_RIGHTS).
 //! - [`control`]: the gRPC control API, health and reflection.
 //! - [`audit`]: the SQLite store with group commit.
+//! - [`reaper`]: notices client processes exiting, through their pidfds.
 //! - [`config`], [`identity`], [`filter`], [`convert`], [`shutdown`]: the rest.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod core;
 pub mod filter;
 pub mod grant;
 pub mod identity;
+pub mod reaper;
 pub mod service;
 pub mod shutdown;
 
@@ -29,7 +31,7 @@ use anyhow::Context;
 
 use crate::audit::{AuditLog, Event, Outcome};
 use crate::config::Config;
-use crate::core::{Caller, Core};
+use crate::core::Core;
 use crate::identity::Policy;
 use crate::service::Agent;
 use crate::shutdown::Shutdown;
@@ -68,7 +70,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         grant_socket.clone(),
         config.database.clone(),
     ));
-    let itself = agent_caller();
+    let itself = agent.itself.clone();
     audit
         .record(Event::new(
             &itself,
@@ -88,8 +90,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
     // Servers stop on the caller's shutdown, or when either of them fails.
     let (stop_servers, servers_stopping) = shutdown::channel();
+    let reaper = reaper::Reaper::start(agent.clone(), servers_stopping.clone())
+        .context("starting the reaper")?;
+    tokio::spawn(expire_ttl_segments(agent.clone(), servers_stopping.clone()));
     let mut grant_task = tokio::spawn(grant::serve(
         agent.clone(),
+        reaper,
         grant_listener,
         servers_stopping.clone(),
     ));
@@ -140,6 +146,21 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often `ttl` segments are checked; their expiry is this precise.
+const TTL_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Frees `ttl` segments left unattached for their ttl, until shutdown.
+async fn expire_ttl_segments(agent: Arc<Agent>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(TTL_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            _ = tick.tick() => agent.expire_ttl().await,
+        }
+    }
+}
+
 /// Every connection and every live segment costs a descriptor; the usual soft
 /// limit of 1024 would let a few hundred idle clients starve everyone else.
 /// Raise it to the hard limit the service manager allows.
@@ -157,17 +178,6 @@ fn raise_fd_limit() {
     }
     let limit = getrlimit(Resource::Nofile);
     tracing::debug!(soft = ?limit.current, hard = ?limit.maximum, "open-file limit");
-}
-
-/// The agent itself, as the subject of its own audit events.
-fn agent_caller() -> Caller {
-    Caller {
-        pid: std::process::id(),
-        uid: rustix::process::getuid().as_raw(),
-        gid: rustix::process::getgid().as_raw(),
-        tenant: "agent".into(),
-        admin: true,
-    }
 }
 
 /// Creates `path` (and parents) with `mode`, then checks that the directory

@@ -11,8 +11,8 @@ use ipcplane_shm::memfd::{self, CreateError};
 
 use crate::audit::{AuditError, AuditLog, Event, Outcome, Record};
 use crate::core::{
-    Access, Caller, ClientId, Core, CoreError, Deleted, Freed, Limits, QuotaView, SegmentId,
-    SegmentRecord, SegmentSpec, Target,
+    Access, Caller, ClientId, Core, CoreError, Deleted, EndReason, Freed, Limits, ProcessIdentity,
+    QuotaView, SegmentId, SegmentRecord, SegmentSpec, Target,
 };
 use crate::identity::Policy;
 
@@ -46,6 +46,8 @@ pub struct Agent {
     pub started_at: Instant,
     pub grant_socket: PathBuf,
     pub database: PathBuf,
+    /// The agent as the subject of its own audit events.
+    pub itself: Caller,
 }
 
 impl Agent {
@@ -65,6 +67,13 @@ impl Agent {
             started_at: Instant::now(),
             grant_socket,
             database,
+            itself: Caller {
+                pid: std::process::id(),
+                uid: rustix::process::getuid().as_raw(),
+                gid: rustix::process::getgid().as_raw(),
+                tenant: "agent".into(),
+                admin: true,
+            },
         }
     }
 
@@ -90,7 +99,7 @@ impl Agent {
     ) -> Result<(SegmentRecord, Memory), ServiceError> {
         let reserved = self
             .core()
-            .reserve_segment(caller, &spec, SystemTime::now());
+            .reserve_segment(caller, &spec, client, SystemTime::now());
         let reserved = match reserved {
             Ok(reserved) => reserved,
             Err(refusal) => {
@@ -117,7 +126,7 @@ impl Agent {
         };
         let record = self
             .core()
-            .complete_segment(id, memory.clone(), client, SystemTime::now());
+            .complete_segment(id, memory.clone(), SystemTime::now());
         let event = Event::new(
             caller,
             "segment.create",
@@ -174,7 +183,9 @@ impl Agent {
         let granted = match granted {
             Ok(granted) => granted,
             Err(error) => {
-                let _ = self.core().detach_segment(client, record.id);
+                let _ = self
+                    .core()
+                    .detach_segment(client, record.id, SystemTime::now());
                 let event = Event::new(
                     caller,
                     "segment.open",
@@ -195,7 +206,9 @@ impl Agent {
             detail,
         );
         if let Err(error) = self.audit.record(event).await {
-            let _ = self.core().detach_segment(client, record.id);
+            let _ = self
+                .core()
+                .detach_segment(client, record.id, SystemTime::now());
             return Err(error.into());
         }
         Ok((record, granted))
@@ -211,7 +224,7 @@ impl Agent {
         client: ClientId,
         id: SegmentId,
     ) -> Result<(), ServiceError> {
-        let detached = self.core().detach_segment(client, id);
+        let detached = self.core().detach_segment(client, id, SystemTime::now());
         match detached {
             Ok(freed) => {
                 let event = Event::new(
@@ -222,7 +235,7 @@ impl Agent {
                     "",
                 );
                 let mut records = vec![Record::Event(event)];
-                records.extend(freed.into_iter().flat_map(|f| freed_records(caller, f)));
+                records.extend(freed.into_iter().flat_map(|f| ended(caller, f)));
                 Ok(self.audit.commit(records).await?)
             }
             Err(refusal) => Err(self
@@ -279,42 +292,129 @@ impl Agent {
         Ok(record)
     }
 
-    /// Registers a connected grant client and audits it.
+    /// Registers a grant connection of `process` and audits it. Returns the
+    /// process's client id and whether it is new (then the caller watches
+    /// the process for its exit).
     ///
     /// # Errors
     /// Audit failures (the connection is then refused).
-    pub async fn connect_client(&self, caller: &Caller) -> Result<ClientId, ServiceError> {
-        let client = self
+    pub async fn connect_client(
+        &self,
+        caller: &Caller,
+        process: ProcessIdentity,
+    ) -> Result<(ClientId, bool), ServiceError> {
+        let (client, new) = self
             .core()
-            .register_client(caller.clone(), SystemTime::now());
+            .register_client(caller.clone(), process, SystemTime::now());
         let event = Event::new(
             caller,
             "client.connect",
-            format!("clients/{}", client.0),
+            client.to_string(),
             Outcome::Allowed,
             "",
         );
         if let Err(error) = self.audit.record(event).await {
-            self.core().unregister_client(client);
+            self.core().disconnect_client(client);
             return Err(error.into());
         }
-        Ok(client)
+        Ok((client, new))
     }
 
-    /// Forgets a grant client, releasing its attachments, and audits it.
+    /// A grant connection closed; the process keeps what it holds.
     pub async fn disconnect_client(&self, caller: &Caller, client: ClientId) {
-        let freed = self.core().unregister_client(client);
+        self.core().disconnect_client(client);
         let event = Event::new(
             caller,
             "client.disconnect",
-            format!("clients/{}", client.0),
+            client.to_string(),
             Outcome::Allowed,
             "",
         );
-        let mut records = vec![Record::Event(event)];
-        records.extend(freed.into_iter().flat_map(|f| freed_records(caller, f)));
-        if let Err(error) = self.audit.commit(records).await {
+        if let Err(error) = self.audit.record(event).await {
             tracing::error!(cause = %error, client = client.0, "cannot audit a disconnect");
+        }
+    }
+
+    /// A client process exited: its attachments go, its `owner` segments end,
+    /// and all of it is audited.
+    pub async fn process_exited(&self, client: ClientId) {
+        let exit = self.core().process_exited(client, SystemTime::now());
+        let Some(exit) = exit else {
+            return;
+        };
+        let caller = &exit.client.caller;
+        let detail = format!(
+            "pid {} exited holding {} attachment(s)",
+            caller.pid,
+            exit.client.attachment_count()
+        );
+        let mut records = vec![Record::Event(Event::new(
+            caller,
+            "client.exit",
+            client.to_string(),
+            Outcome::Allowed,
+            detail,
+        ))];
+        for record in exit.draining {
+            let detail = format!(
+                "owner exited; draining: {} attachment(s) left",
+                record.attachments
+            );
+            records.push(Record::Event(Event::new(
+                caller,
+                "segment.expire",
+                record.id.to_string(),
+                Outcome::Allowed,
+                detail,
+            )));
+        }
+        records.extend(exit.freed.into_iter().flat_map(|f| ended(caller, f)));
+        if let Err(error) = self.audit.commit(records).await {
+            tracing::error!(cause = %error, client = client.0, "cannot audit a process exit");
+        }
+    }
+
+    /// The orphans `caller` may purge that `wanted` accepts; with `force`,
+    /// removes them (each audited as `segment.purge`), else only lists them.
+    ///
+    /// # Errors
+    /// Audit failures.
+    pub async fn purge_segments(
+        &self,
+        caller: &Caller,
+        wanted: impl Fn(&SegmentRecord) -> bool,
+        force: bool,
+    ) -> Result<Vec<SegmentRecord>, ServiceError> {
+        let now = SystemTime::now();
+        let orphans = self
+            .core()
+            .orphans(caller, now, |tenant| self.policy.orphan_grace(tenant));
+        let orphans: Vec<SegmentRecord> = orphans.into_iter().filter(|r| wanted(r)).collect();
+        if !force {
+            return Ok(orphans);
+        }
+        let purged: Vec<Freed<Memory>> = {
+            let mut core = self.core();
+            orphans.iter().filter_map(|r| core.purge(r.id)).collect()
+        };
+        let records: Vec<SegmentRecord> = purged.iter().map(|f| f.record.clone()).collect();
+        let audit: Vec<Record> = purged.into_iter().flat_map(|f| ended(caller, f)).collect();
+        self.audit.commit(audit).await?;
+        Ok(records)
+    }
+
+    /// Ends every `ttl` segment that has been unattached for its ttl.
+    pub async fn expire_ttl(&self) {
+        let freed = self.core().expire_ttl(SystemTime::now());
+        if freed.is_empty() {
+            return;
+        }
+        let records: Vec<Record> = freed
+            .into_iter()
+            .flat_map(|f| ended(&self.itself, f))
+            .collect();
+        if let Err(error) = self.audit.commit(records).await {
+            tracing::error!(cause = %error, "cannot audit ttl expiry");
         }
     }
 
@@ -384,7 +484,7 @@ impl Agent {
     fn forget(&self, caller: &Caller, client: Option<ClientId>, id: SegmentId) {
         let mut core = self.core();
         if let Some(client) = client {
-            let _ = core.detach_segment(client, id);
+            let _ = core.detach_segment(client, id, SystemTime::now());
         }
         let _ = core.delete_segment(
             &Caller {
@@ -408,16 +508,23 @@ fn release(freed: &Freed<Memory>) {
     }
 }
 
-/// The records that end a segment's life.
-fn freed_records(caller: &Caller, freed: Freed<Memory>) -> Vec<Record> {
+/// The records that end a segment's life (its memory is released first).
+fn ended(caller: &Caller, freed: Freed<Memory>) -> Vec<Record> {
     release(&freed);
     let id = freed.record.id;
+    let action = match freed.reason {
+        EndReason::Purged => "segment.purge",
+        EndReason::Deleted
+        | EndReason::LastDetach
+        | EndReason::OwnerExited
+        | EndReason::TtlExpired => "segment.free",
+    };
     let event = Event::new(
         caller,
-        "segment.free",
+        action,
         id.to_string(),
         Outcome::Allowed,
-        "last attachment released",
+        freed.reason.as_str(),
     );
     vec![
         Record::Event(event),

@@ -23,7 +23,8 @@ Exit codes:
    4  permission denied: by the agent (or unauthenticated), or on the control socket
    5  quota exceeded
    6  already exists, or the resource is in the wrong state (failed precondition)
-  69  agent unavailable: cannot connect, UNAVAILABLE, no answer within --timeout, or not SERVING
+  69  agent unavailable: cannot connect, UNAVAILABLE, no answer within --timeout, not SERVING,
+      or the agent ended a watch (a watch stopped by Ctrl-C or SIGTERM exits 0)
 
 Sizes are bytes with an optional binary unit: 4096, 4K or 4KiB, 64MiB, 2GiB, 1TiB (any case).
 Durations are like 500ms, 30s, 10m, 1h30m, 2d. Output goes to stdout, errors to stderr.";
@@ -46,7 +47,8 @@ pub struct Cli {
           help_heading = GLOBAL)]
     pub output: Format,
 
-    /// Give up if the agent has not answered within this long (whole command)
+    /// Give up if the agent has not answered within this long (whole command;
+    /// for a watch, until its events start)
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s",
           value_parser = units::parse_duration, help_heading = GLOBAL)]
     pub timeout: Duration,
@@ -135,6 +137,8 @@ pub enum Command {
     /// The agent itself
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Print audit events as they happen, one line each, until interrupted
+    Watch(WatchArgs),
 }
 
 /// Paging and filtering shared by every `list` verb.
@@ -189,6 +193,10 @@ pub struct SegmentListArgs {
     /// Only segments created by this process
     #[arg(long, value_name = "PID")]
     pub owner_pid: Option<u32>,
+    /// Then keep printing segment events (create, open, detach, delete, ...;
+    /// of --tenant if given) as they happen, until interrupted
+    #[arg(short, long)]
+    pub watch: bool,
     #[command(flatten)]
     pub list: ListArgs,
 }
@@ -359,6 +367,27 @@ pub struct AuditListArgs {
     pub since: Option<Since>,
     #[command(flatten)]
     pub list: ListArgs,
+}
+
+/// `ipcctl watch`
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only events of this tenant
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only this action, e.g. segment.create, client.connect
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only events with this outcome
+    #[arg(long, value_enum)]
+    pub outcome: Option<OutcomeArg>,
+    /// Raw AIP-160 filter, ANDed with the other filter flags (e.g. 'pid = 42')
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// First print the stored events after this id (0: the whole log), then
+    /// go on live with none missed; resume with the last id seen
+    #[arg(long, value_name = "N")]
+    pub after_id: Option<u64>,
 }
 
 /// `--outcome`
@@ -615,6 +644,34 @@ mod tests {
         assert_eq!(args.since, Some(Since::Ago(Duration::from_secs(600))));
         usage_error(&["audit", "list", "--outcome", "maybe"]);
         usage_error(&["audit", "list", "--since", "last tuesday"]);
+    }
+
+    #[test]
+    fn watch_takes_audit_filters_and_a_resume_point() {
+        let Command::Watch(args) = parse(&[
+            "watch",
+            "--tenant",
+            "uid-0",
+            "--outcome",
+            "failed",
+            "--after-id",
+            "41",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.tenant.as_deref(), Some("uid-0"));
+        assert_eq!(args.outcome, Some(OutcomeArg::Failed));
+        assert_eq!(args.after_id, Some(41));
+        usage_error(&["watch", "--after-id", "-1"]);
+        let Command::Segment(SegmentCommand::List(args)) =
+            parse(&["segment", "list", "-w"]).unwrap().command
+        else {
+            panic!("wrong command");
+        };
+        assert!(args.watch);
     }
 
     #[test]

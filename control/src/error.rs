@@ -35,6 +35,9 @@ pub enum Error {
     /// Several segments of one `segment delete` could not be deleted.
     #[error("{}", delete_failures(.0).join("; "))]
     Delete(Vec<(u64, Status)>),
+    /// The agent ended a watch: it is stopping, or the connection broke.
+    #[error("the agent ended the watch: {0}")]
+    WatchEnded(String),
     /// The health service answered with a status other than SERVING.
     #[error("the agent reports {0}")]
     NotServing(String),
@@ -60,7 +63,10 @@ impl Error {
                 kind: io::ErrorKind::PermissionDenied,
                 ..
             } => 4,
-            Error::Connect { .. } | Error::Timeout(_) | Error::NotServing(_) => 69,
+            Error::Connect { .. }
+            | Error::Timeout(_)
+            | Error::NotServing(_)
+            | Error::WatchEnded(_) => 69,
             Error::Rpc(status) => code_exit(status.code()),
             Error::Delete(failures) => failures
                 .first()
@@ -176,6 +182,7 @@ mod tests {
         assert_eq!(connect(io::ErrorKind::PermissionDenied).exit_code(), 4);
         assert_eq!(Error::Timeout(Duration::from_secs(5)).exit_code(), 69);
         assert_eq!(Error::NotServing("NOT_SERVING".into()).exit_code(), 69);
+        assert_eq!(Error::WatchEnded("shutting down".into()).exit_code(), 69);
         assert_eq!(Error::Protocol("x".into()).exit_code(), 1);
         assert_eq!(Error::Output(io::Error::other("disk full")).exit_code(), 1);
     }

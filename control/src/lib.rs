@@ -47,7 +47,9 @@ use output::Output;
 
 /// Runs the command `cli` names against the agent, printing the result to `out`.
 ///
-/// The whole command, connecting included, must finish within `--timeout`.
+/// The whole command, connecting included, must finish within `--timeout`;
+/// a watch (`watch`, `segment list -w`) must start within it, then runs
+/// until interrupted or ended by the agent.
 ///
 /// # Errors
 /// See [`Error`]; [`Error::report`] and [`Error::exit_code`] say what to print and return.
@@ -56,9 +58,10 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
     let mut out = Output::new(cli.output, out);
     let work = async {
         let channel = command::connect(&socket).await?;
-        match &cli.command {
+        let done = match &cli.command {
+            Command::Watch(args) => return command::watch::open(channel, args).await.map(Some),
             Command::Segment(SegmentCommand::List(args)) => {
-                command::segment::list(channel, args, &mut out).await
+                return command::segment::list(channel, args, &mut out).await;
             }
             Command::Segment(SegmentCommand::Get(args)) => {
                 command::segment::get(channel, args, &mut out).await
@@ -88,11 +91,16 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
             Command::Agent(AgentCommand::Health(args)) => {
                 command::agent::health(channel, args, &mut out).await
             }
-        }
+        };
+        done.map(|()| None)
     };
-    tokio::time::timeout(cli.timeout, work)
+    let watch = tokio::time::timeout(cli.timeout, work)
         .await
-        .map_err(|_| Error::Timeout(cli.timeout))?
+        .map_err(|_| Error::Timeout(cli.timeout))??;
+    match watch {
+        Some(events) => events.follow(&mut out).await,
+        None => Ok(()),
+    }
 }
 
 /// `--socket`, else `$IPCPLANE_CONTROL_SOCKET`, else the default of

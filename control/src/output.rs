@@ -7,6 +7,11 @@
 //! `null`. Tables show the same data for people: sizes as `4KiB`/`1.5MiB`,
 //! enums in the spelling the flags take (`rw`, `on-last-detach`), times to
 //! the second, `-` for nothing. No colors, ever.
+//!
+//! Watches print rows as they arrive: a table header once, then each row
+//! in columns of fixed width (the rows to come are unknown, so they cannot
+//! be measured); in json one compact object per line (JSON Lines); in yaml
+//! one document per row.
 
 use std::io::Write;
 use std::iter;
@@ -45,6 +50,30 @@ impl<'a> Output<'a> {
         Ok(self.out.write_all(text.as_bytes())?)
     }
 
+    /// Starts a stream of rows: the table header, once; nothing in json and yaml.
+    pub(crate) fn stream_header<T: Row>(&mut self) -> Result<(), Error> {
+        if let Format::Table | Format::Wide = self.format {
+            let header = T::COLUMNS.iter().map(|c| c.header.to_owned()).collect();
+            let text = stream_line::<T>(header, self.format == Format::Wide);
+            self.out.write_all(text.as_bytes())?;
+        }
+        Ok(self.out.flush()?)
+    }
+
+    /// Prints one row of a stream and flushes it, so it shows as it happens.
+    pub(crate) fn stream_row<T: Row>(&mut self, row: &T) -> Result<(), Error> {
+        let text = match self.format {
+            Format::Table | Format::Wide => {
+                let cells = row.cells().iter().map(|cell| printable(cell)).collect();
+                stream_line::<T>(cells, self.format == Format::Wide)
+            }
+            Format::Json => serde_json::to_string(row).map_err(std::io::Error::other)? + "\n",
+            Format::Yaml => format!("---\n{}", serialized(Format::Yaml, row)?),
+        };
+        self.out.write_all(text.as_bytes())?;
+        Ok(self.out.flush()?)
+    }
+
     /// Prints a health status: the bare word in table formats, else `{status: ...}`.
     pub(crate) fn health(&mut self, status: &str) -> Result<(), Error> {
         let text = match self.format {
@@ -68,6 +97,8 @@ pub(crate) trait Row: Serialize {
 pub(crate) struct Column {
     header: &'static str,
     wide_only: bool,
+    /// Width in a streamed table (see [`Column::streamed`]); 0 for the header's.
+    stream_width: usize,
 }
 
 /// A column shown in both table and wide output.
@@ -75,6 +106,7 @@ const fn col(header: &'static str) -> Column {
     Column {
         header,
         wide_only: false,
+        stream_width: 0,
     }
 }
 
@@ -83,6 +115,18 @@ const fn wide(header: &'static str) -> Column {
     Column {
         header,
         wide_only: true,
+        stream_width: 0,
+    }
+}
+
+impl Column {
+    /// Pads the column to `width` when rows are printed as they come, wide
+    /// enough for typical values; a longer value shifts the rest of its line.
+    const fn streamed(self, width: usize) -> Column {
+        Column {
+            stream_width: width,
+            ..self
+        }
     }
 }
 
@@ -109,30 +153,34 @@ fn serialized<T: Serialize + ?Sized>(format: Format, value: &T) -> Result<String
     Ok(text)
 }
 
+/// The cells of the columns shown in table (`wide` false) or wide output.
+fn visible<T: Row>(cells: Vec<String>, wide: bool) -> Vec<String> {
+    T::COLUMNS
+        .iter()
+        .zip(cells)
+        .filter(|(column, _)| wide || !column.wide_only)
+        .map(|(_, cell)| cell)
+        .collect()
+}
+
 /// Aligned columns two spaces apart, a header row, no trailing spaces.
 fn table<T: Row>(rows: &[T], wide: bool) -> String {
-    let visible = |cells: Vec<String>| -> Vec<String> {
-        T::COLUMNS
-            .iter()
-            .zip(cells)
-            .filter(|(column, _)| wide || !column.wide_only)
-            .map(|(_, cell)| cell)
-            .collect()
-    };
-    let header = visible(
+    let header = visible::<T>(
         T::COLUMNS
             .iter()
             .map(|column| column.header.to_owned())
             .collect(),
+        wide,
     );
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
-            visible(
+            visible::<T>(
                 row.cells()
                     .into_iter()
                     .map(|cell| printable(&cell))
                     .collect(),
+                wide,
             )
         })
         .collect();
@@ -142,16 +190,31 @@ fn table<T: Row>(rows: &[T], wide: bool) -> String {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let mut text = String::new();
-    for line in iter::once(&header).chain(&body) {
-        let mut rendered = String::new();
-        for (cell, width) in line.iter().zip(&widths) {
-            rendered.push_str(&format!("{cell:<width$}  "));
-        }
-        text.push_str(rendered.trim_end());
-        text.push('\n');
+    iter::once(&header)
+        .chain(&body)
+        .map(|line| table_line(line, &widths))
+        .collect()
+}
+
+/// One line of a streamed table: each column as wide as its header or its
+/// stream width, whichever is more.
+fn stream_line<T: Row>(cells: Vec<String>, wide: bool) -> String {
+    let shown = T::COLUMNS.iter().filter(|column| wide || !column.wide_only);
+    let widths: Vec<usize> = shown
+        .map(|column| column.stream_width.max(column.header.chars().count()))
+        .collect();
+    table_line(&visible::<T>(cells, wide), &widths)
+}
+
+/// Cells padded to `widths`, two spaces apart, with no trailing spaces.
+fn table_line(cells: &[String], widths: &[usize]) -> String {
+    let mut rendered = String::new();
+    for (cell, width) in cells.iter().zip(widths) {
+        rendered.push_str(&format!("{cell:<width$}  "));
     }
-    text
+    let mut line = rendered.trim_end().to_owned();
+    line.push('\n');
+    line
 }
 
 /// A cell on one line: `-` when empty, control characters as spaces.
@@ -508,14 +571,14 @@ impl From<AuditEvent> for AuditEventView {
 
 impl Row for AuditEventView {
     const COLUMNS: &'static [Column] = &[
-        col("ID"),
-        col("TIME"),
-        wide("PID"),
-        wide("UID"),
-        wide("GID"),
-        col("TENANT"),
-        col("ACTION"),
-        col("RESOURCE"),
+        col("ID").streamed(6),
+        col("TIME").streamed(20),
+        wide("PID").streamed(7),
+        wide("UID").streamed(5),
+        wide("GID").streamed(5),
+        col("TENANT").streamed(10),
+        col("ACTION").streamed(17),
+        col("RESOURCE").streamed(13),
         col("OUTCOME"),
         col("DETAIL"),
     ];
@@ -801,6 +864,89 @@ ID  TIME  TENANT    ACTION          RESOURCE     OUTCOME  DETAIL
 1   -     uid-1000  segment.create  segments/42  denied   quota exceeded: max_bytes
 "
         );
+    }
+
+    fn streamed(format: Format, events: &[AuditEvent]) -> String {
+        let mut buffer = Vec::new();
+        let mut sut = Output::new(format, &mut buffer);
+        sut.stream_header::<AuditEventView>().unwrap();
+        for event in events {
+            sut.stream_row(&AuditEventView::from(event.clone()))
+                .unwrap();
+        }
+        String::from_utf8(buffer).unwrap()
+    }
+
+    fn sample_events() -> [AuditEvent; 2] {
+        let event = |id, action: &str, outcome: Outcome| AuditEvent {
+            id,
+            time: Some(Timestamp {
+                seconds: 1_714_557_600,
+                nanos: 5_000,
+            }),
+            pid: 4242,
+            tenant: "uid-1000".into(),
+            action: action.into(),
+            resource: "segments/42".into(),
+            outcome: outcome as i32,
+            ..AuditEvent::default()
+        };
+        [
+            event(7, "segment.create", Outcome::Allowed),
+            AuditEvent {
+                detail: "not yours".into(),
+                ..event(8, "segment.delete", Outcome::Denied)
+            },
+        ]
+    }
+
+    #[test]
+    fn streamed_events_line_up_under_one_header_without_knowing_later_rows() {
+        assert_eq!(
+            streamed(Format::Table, &sample_events()),
+            "\
+ID      TIME                  TENANT      ACTION             RESOURCE       OUTCOME  DETAIL
+7       2024-05-01T10:00:00Z  uid-1000    segment.create     segments/42    allowed  -
+8       2024-05-01T10:00:00Z  uid-1000    segment.delete     segments/42    denied   not yours
+"
+        );
+        let wide = streamed(Format::Wide, &sample_events()[..1]);
+        assert!(
+            wide.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("7       2024-05-01T10:00:00Z  4242     0      0      uid-1000"),
+            "{wide}"
+        );
+    }
+
+    #[test]
+    fn streamed_events_are_json_lines_with_the_fields_of_audit_list() {
+        let text = streamed(Format::Json, &sample_events());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let listed: serde_json::Value = serde_json::from_str(
+            &render_list(
+                Format::Json,
+                &[AuditEventView::from(sample_events()[0].clone())],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(first, listed[0]);
+        assert_eq!(first["time"], "2024-05-01T10:00:00.000005Z");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(lines[1]).unwrap()["outcome"],
+            "DENIED"
+        );
+    }
+
+    #[test]
+    fn streamed_events_are_yaml_documents() {
+        let text = streamed(Format::Yaml, &sample_events());
+        assert!(text.starts_with("---\nid: 7\n"), "{text}");
+        assert_eq!(text.matches("---\n").count(), 2, "{text}");
     }
 
     #[test]

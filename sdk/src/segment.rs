@@ -109,12 +109,9 @@ impl SharingMode {
     }
 }
 
-/// When the agent deletes a segment on its own.
-///
-/// Only [`Persistent`](Self::Persistent) is enforced by agents of this
-/// version. The other lifetimes are recorded with the segment (and reported
-/// back in [`SegmentInfo::lifetime`]) for the reaper that comes next, but
-/// until then such segments also live until deleted.
+/// When the agent deletes a segment on its own. A process holds its
+/// attachments until it detaches or exits (however it exits: the agent
+/// watches it through a pidfd); closing the connection alone keeps them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Lifetime {

@@ -39,17 +39,21 @@ pub(crate) async fn list(
 }
 
 fn filter(args: &AuditListArgs) -> String {
-    let outcome = args.outcome.map(|outcome| match outcome {
-        OutcomeArg::Allowed => "ALLOWED",
-        OutcomeArg::Denied => "DENIED",
-        OutcomeArg::Failed => "FAILED",
-    });
     Filter::default()
         .string("tenant", args.tenant.as_deref())
         .string("action", args.action.as_deref())
-        .string("outcome", outcome)
+        .string("outcome", args.outcome.map(outcome))
         .raw(args.list.filter.as_deref())
         .build()
+}
+
+/// `--outcome` as the API spells it in filters.
+pub(crate) fn outcome(outcome: OutcomeArg) -> &'static str {
+    match outcome {
+        OutcomeArg::Allowed => "ALLOWED",
+        OutcomeArg::Denied => "DENIED",
+        OutcomeArg::Failed => "FAILED",
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub(crate) mod client;
 pub(crate) mod quota;
 pub(crate) mod segment;
 pub(crate) mod tenant;
+pub(crate) mod watch;
 
 use std::path::{Path, PathBuf};
 

@@ -2,11 +2,12 @@
 
 use ipcplane_proto::v1::segment_service_client::SegmentServiceClient;
 use ipcplane_proto::v1::{
-    CreateSegmentRequest, DeleteSegmentRequest, GetSegmentRequest, Lifetime, ListSegmentsRequest,
-    SharingMode,
+    AuditEvent, CreateSegmentRequest, DeleteSegmentRequest, GetSegmentRequest, Lifetime,
+    ListSegmentsRequest, SharingMode, WatchEventsRequest,
 };
 use tonic::transport::Channel;
 
+use super::watch::{self, Events};
 use super::{Filter, fetch_pages};
 use crate::Error;
 use crate::cli::{
@@ -14,12 +15,26 @@ use crate::cli::{
 };
 use crate::output::{Output, SegmentView};
 
-/// `segment list`
+/// `segment list`; with `-w`, also the segment events to follow after the
+/// list. The watch opens before the list is read, so no change made in
+/// between is missed (one may show in both).
 pub(crate) async fn list(
     channel: Channel,
     args: &SegmentListArgs,
     out: &mut Output<'_>,
-) -> Result<(), Error> {
+) -> Result<Option<Events>, Error> {
+    let events = if args.watch {
+        let request = WatchEventsRequest {
+            filter: Filter::default()
+                .string("tenant", args.tenant.as_deref())
+                .build(),
+            after_id: None,
+        };
+        let segment_events = |event: &AuditEvent| event.action.starts_with("segment.");
+        Some(watch::start(channel.clone(), request, segment_events).await?)
+    } else {
+        None
+    };
     let mut client = SegmentServiceClient::new(channel);
     let filter = Filter::default()
         .string("tenant", args.tenant.as_deref())
@@ -38,7 +53,8 @@ pub(crate) async fn list(
     })
     .await?;
     let views: Vec<_> = segments.into_iter().map(SegmentView::from).collect();
-    out.list(&views)
+    out.list(&views)?;
+    Ok(events)
 }
 
 /// `segment get`

@@ -5,7 +5,13 @@
 //! Usage: `ipcplane-peer <command> [args]`, with `IPCPLANE_GRANT_SOCKET` set.
 //! - `open <name|#id> <read|rw>`: print the first line of the segment as
 //!   `data=`; with rw also write `reply from <pid>` at offset 1024.
-//! - `hold <name> <size>`: create a segment, print `id=`, keep it until stdin closes.
+//! - `hold <name> <size> [persistent|owner|on-last-detach|ttl <ms>]`: create a
+//!   segment, print `id=`, keep it until stdin closes, then exit without
+//!   detaching.
+//! - `hold-open <name|#id> <read|rw>`: open and hold likewise.
+//! - `hold-both <owned> <other>`: create `owned` with an owner lifetime and
+//!   open `other` read-only; hold both likewise.
+//! - `cycle`: create, write, detach and delete a segment, then exit.
 //! - `delete <id>`: delete a segment.
 //! - `probe <name>`: try what a hostile holder would: map a read-only grant
 //!   writable (`map_rw=`), and shrink and grow a read-write grant
@@ -18,7 +24,9 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use ipcplane::{Access, Client, Error, SegmentId, SegmentRef};
+use std::time::Duration;
+
+use ipcplane::{Access, Client, Error, Lifetime, SegmentId, SegmentRef};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,10 +66,48 @@ fn run(args: &[String]) -> Result<(), Error> {
         }
         "hold" => {
             let size = arg(2).parse().unwrap_or(4096);
-            let segment = client.segment_builder().name(arg(1)).size(size).create()?;
+            let lifetime = match (arg(3), arg(4).parse()) {
+                ("owner", _) => Lifetime::Owner,
+                ("on-last-detach", _) => Lifetime::OnLastDetach,
+                ("ttl", Ok(ms)) => Lifetime::Ttl(Duration::from_millis(ms)),
+                _ => Lifetime::Persistent,
+            };
+            let segment = client
+                .segment_builder()
+                .name(arg(1))
+                .size(size)
+                .lifetime(lifetime)
+                .create()?;
             println!("id={}", segment.id());
-            // Held until the test closes our stdin.
-            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            hold_until_stdin_closes(segment);
+        }
+        "hold-open" => {
+            let access = if arg(2) == "rw" {
+                Access::ReadWrite
+            } else {
+                Access::Read
+            };
+            let segment = client.open_segment(target(arg(1)), access)?;
+            println!("id={}", segment.id());
+            hold_until_stdin_closes(segment);
+        }
+        "hold-both" => {
+            let owned = client
+                .segment_builder()
+                .name(arg(1))
+                .size(4096)
+                .lifetime(Lifetime::Owner)
+                .create()?;
+            let opened = client.open_segment(target(arg(2)), Access::Read)?;
+            println!("id={}", owned.id());
+            hold_until_stdin_closes((owned, opened));
+        }
+        "cycle" => {
+            let segment = client.segment_builder().size(4096).create()?;
+            segment.write_at(0, b"cycle")?;
+            let id = segment.id();
+            segment.detach()?;
+            client.delete_segment(id)?;
         }
         "delete" => client.delete_segment(SegmentId::new(arg(1).parse().unwrap_or(0)))?,
         "probe" => {
@@ -80,6 +126,16 @@ fn run(args: &[String]) -> Result<(), Error> {
         other => panic!("unknown command {other:?}"),
     }
     Ok(())
+}
+
+/// Keeps `segment` mapped (and attached) until the test closes our stdin,
+/// then exits without detaching: the agent must notice the exit itself.
+fn hold_until_stdin_closes<T>(_held: T) {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    // Exit skips destructors: no detach is sent.
+    std::process::exit(0);
 }
 
 fn target(text: &str) -> SegmentRef<'_> {

@@ -671,7 +671,7 @@ fn quota_set_and_get_round_trip_and_reset_restores_the_configured_defaults() {
 }
 
 #[test]
-fn client_list_shows_the_sdk_client_connected_from_this_test() {
+fn client_list_shows_each_client_process_until_it_exits() {
     let agent = TestAgent::start();
     let client = agent.client();
     let segment = client
@@ -710,12 +710,39 @@ fn client_list_shows_the_sdk_client_connected_from_this_test() {
         text(&output.stdout)
     );
 
-    // Gone once the client disconnects.
+    // A client is a process: detaching and disconnecting keep it listed,
+    // with no attachment, until it exits.
     drop(segment);
     drop(client);
-    eventually("the disconnected client is no longer listed", || {
-        array(&json(&ipcctl(&agent, &["client", "list", "-o", "json"]))).is_empty()
+    eventually("the dropped segment is detached", || {
+        let clients = json(&ipcctl(&agent, &["client", "list", "-o", "json"]));
+        array(&clients)
+            .iter()
+            .any(|c| c["pid"] == pid && c["attachment_count"] == 0)
     });
+    let mut holder = agent
+        .peer(super::PEER.as_ref())
+        .args(["hold", "held-by-child", "4096"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut first_line,
+    )
+    .unwrap();
+    assert!(first_line.starts_with("id="), "{first_line}");
+    let child = holder.id();
+    let listed = |pid: u32| {
+        let clients = json(&ipcctl(&agent, &["client", "list", "-o", "json"]));
+        array(&clients).iter().any(|c| c["pid"] == pid)
+    };
+    assert!(listed(child));
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    eventually("the exited process is no longer listed", || !listed(child));
 }
 
 #[test]
