@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::audit::{EventQuery, Outcome};
 use crate::convert;
 use crate::core::{
-    Caller, ClientId, CoreError, Limits, SegmentId, SegmentSpec, check_tenant_access,
+    Caller, ClientId, CoreError, Limits, SegmentId, SegmentRecord, SegmentSpec, check_tenant_access,
 };
 use crate::filter::Filter;
 use crate::service::{Agent, ServiceError};
@@ -172,6 +172,18 @@ impl Api {
     }
 }
 
+/// Fields a segment filter may name.
+const SEGMENT_FILTER_FIELDS: [&str; 5] = ["tenant", "name", "owner_pid", "owner_uid", "state"];
+
+/// Whether `record` passes a filter over [`SEGMENT_FILTER_FIELDS`].
+fn segment_matches(filter: &Filter, record: &SegmentRecord) -> bool {
+    filter.matches("tenant", &record.tenant)
+        && filter.matches("name", record.name.as_deref().unwrap_or(""))
+        && filter.matches_number("owner_pid", record.owner_pid.into())
+        && filter.matches_number("owner_uid", record.owner_uid.into())
+        && filter.matches("state", convert::state_name(record.state))
+}
+
 /// Runs a state-changing operation to the end even if the client goes away:
 /// hyper drops a cancelled handler's future, which would strand the core
 /// between its decision and the audit commit (a reservation never released).
@@ -318,21 +330,14 @@ impl segment_service_server::SegmentService for Api {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token)?;
-        let filter = parse_filter(
-            &request.filter,
-            &["tenant", "name", "owner_pid", "owner_uid", "state"],
-        )?;
+        let filter = parse_filter(&request.filter, &SEGMENT_FILTER_FIELDS)?;
         let scope = self
             .tenant_scope(&caller, "segment.list", &filter, "tenant")
             .await?;
         let mut segments = Vec::new();
         for record in self.0.core().segments_after(SegmentId(page.after)) {
             let wanted = scope.as_ref().is_none_or(|t| *t == record.tenant)
-                && filter.matches("tenant", &record.tenant)
-                && filter.matches("name", record.name.as_deref().unwrap_or(""))
-                && filter.matches_number("owner_pid", record.owner_pid.into())
-                && filter.matches_number("owner_uid", record.owner_uid.into())
-                && filter.matches("state", convert::state_name(record.state));
+                && segment_matches(&filter, record);
             if wanted {
                 segments.push(convert::segment(record));
                 if segments.len() > page.size {
@@ -403,6 +408,27 @@ impl segment_service_server::SegmentService for Api {
         let record = to_completion(async move { agent.delete_segment(&caller, id).await }).await?;
         Ok(Response::new(DeleteSegmentResponse {
             segment: Some(convert::segment(&record)),
+        }))
+    }
+
+    async fn purge_segments(
+        &self,
+        request: Request<PurgeSegmentsRequest>,
+    ) -> Result<Response<PurgeSegmentsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let filter = parse_filter(&request.filter, &SEGMENT_FILTER_FIELDS)?;
+        self.tenant_scope(&caller, "segment.purge", &filter, "tenant")
+            .await?;
+        let agent = self.0.clone();
+        let purged = to_completion(async move {
+            let wanted = |record: &SegmentRecord| segment_matches(&filter, record);
+            agent.purge_segments(&caller, wanted, request.force).await
+        })
+        .await?;
+        Ok(Response::new(PurgeSegmentsResponse {
+            purge_count: i64::try_from(purged.len()).unwrap_or(i64::MAX),
+            purge_sample: purged.iter().map(convert::segment).collect(),
         }))
     }
 }

@@ -179,6 +179,8 @@ pub enum SegmentCommand {
     Create(SegmentCreateArgs),
     /// Delete segments; one still attached stays DRAINING until its last detach
     Delete(SegmentDeleteArgs),
+    /// List orphans (owner exited, unattached past the tenant's grace); with --force, delete them
+    Purge(SegmentPurgeArgs),
 }
 
 /// `ipcctl segment list`
@@ -267,6 +269,20 @@ pub struct SegmentDeleteArgs {
     /// Segment ids (`42` or `segments/42`)
     #[arg(required = true, value_parser = parse_segment_id)]
     pub ids: Vec<u64>,
+}
+
+/// `ipcctl segment purge`
+#[derive(Debug, Args)]
+pub struct SegmentPurgeArgs {
+    /// Delete the orphans; without it, only list what would be deleted
+    #[arg(long)]
+    pub force: bool,
+    /// Only this tenant's orphans
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Raw AIP-160 filter (tenant, name, owner_pid, owner_uid), ANDed with --tenant
+    #[arg(long)]
+    pub filter: Option<String>,
 }
 
 /// `ipcctl quota ...`

@@ -72,6 +72,9 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
             Command::Segment(SegmentCommand::Delete(args)) => {
                 command::segment::delete(channel, args, &mut out).await
             }
+            Command::Segment(SegmentCommand::Purge(args)) => {
+                command::segment::purge(channel, args, &mut out).await
+            }
             Command::Quota(QuotaCommand::Get(args)) => {
                 command::quota::get(channel, args, &mut out).await
             }

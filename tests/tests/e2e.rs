@@ -19,6 +19,7 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 mod cli;
 mod lifetimes;
+mod purge;
 mod watch;
 
 pub(crate) const PEER: &str = env!("CARGO_BIN_EXE_ipcplane-peer");

@@ -1,9 +1,9 @@
-//! `ipcctl segment list|get|create|delete`.
+//! `ipcctl segment list|get|create|delete|purge`.
 
 use ipcplane_proto::v1::segment_service_client::SegmentServiceClient;
 use ipcplane_proto::v1::{
     AuditEvent, CreateSegmentRequest, DeleteSegmentRequest, GetSegmentRequest, Lifetime,
-    ListSegmentsRequest, SharingMode, WatchEventsRequest,
+    ListSegmentsRequest, PurgeSegmentsRequest, SharingMode, WatchEventsRequest,
 };
 use tonic::transport::Channel;
 
@@ -12,6 +12,7 @@ use super::{Filter, fetch_pages};
 use crate::Error;
 use crate::cli::{
     LifetimeArg, ModeArg, SegmentCreateArgs, SegmentDeleteArgs, SegmentGetArgs, SegmentListArgs,
+    SegmentPurgeArgs,
 };
 use crate::output::{Output, SegmentView};
 
@@ -55,6 +56,39 @@ pub(crate) async fn list(
     let views: Vec<_> = segments.into_iter().map(SegmentView::from).collect();
     out.list(&views)?;
     Ok(events)
+}
+
+/// `segment purge`: prints the orphans purged (or, without `--force`, that
+/// would be), and says which on stderr.
+pub(crate) async fn purge(
+    channel: Channel,
+    args: &SegmentPurgeArgs,
+    out: &mut Output<'_>,
+) -> Result<(), Error> {
+    let mut client = SegmentServiceClient::new(channel);
+    let request = PurgeSegmentsRequest {
+        filter: Filter::default()
+            .string("tenant", args.tenant.as_deref())
+            .raw(args.filter.as_deref())
+            .build(),
+        force: args.force,
+    };
+    let response = client.purge_segments(request).await?.into_inner();
+    let views: Vec<_> = response
+        .purge_sample
+        .into_iter()
+        .map(SegmentView::from)
+        .collect();
+    out.list(&views)?;
+    if args.force {
+        eprintln!("ipcctl: purged {} orphan segment(s)", response.purge_count);
+    } else {
+        eprintln!(
+            "ipcctl: dry run: {} orphan segment(s) would be purged; add --force to purge them",
+            response.purge_count
+        );
+    }
+    Ok(())
 }
 
 /// `segment get`
