@@ -35,7 +35,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, params, params_from_iter};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::core::{Caller, Limits, SegmentRecord};
+use crate::core::{
+    Caller, Lifetime, Limits, MemoryIdentity, SegmentId, SegmentRecord, SegmentState, SharingMode,
+    Token,
+};
 
 /// Most jobs written in one transaction.
 const MAX_BATCH: usize = 256;
@@ -47,7 +50,10 @@ const LIVE_CAPACITY: usize = 1024;
 
 /// The schema, one step per entry; `PRAGMA user_version` counts the steps
 /// applied. Never edit a step that has shipped: append a new one.
-const MIGRATIONS: [&str; 1] = [include_str!("../migrations/0001_initial.sql")];
+const MIGRATIONS: [&str; 2] = [
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_reattach.sql"),
+];
 
 /// The audit store failed; the request that needed it is not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -217,6 +223,8 @@ pub struct Restored {
     /// One past the highest segment id ever issued.
     pub next_segment_id: u64,
     pub quota_overrides: Vec<(String, Limits)>,
+    /// Segments not freed before the agent stopped, for holders to reclaim.
+    pub segments: Vec<SegmentRecord>,
 }
 
 /// Held while leading. If the leader panics, dropping it steps down so the
@@ -460,8 +468,15 @@ fn migrate(conn: &mut Connection) -> Result<(), AuditError> {
 }
 
 fn restore(conn: &Connection) -> Result<Restored, AuditError> {
-    let max_id: Option<i64> =
-        conn.query_row("SELECT MAX(id) FROM segments", [], |row| row.get(0))?;
+    // Ids named only by the audit log (a create that failed after its id was
+    // reserved) are never reused either.
+    let max_id: Option<i64> = conn.query_row(
+        "SELECT MAX(id) FROM (SELECT MAX(id) AS id FROM segments UNION ALL \
+         SELECT MAX(CAST(substr(resource, 10) AS INTEGER)) FROM audit_events \
+         WHERE resource GLOB 'segments/[0-9]*')",
+        [],
+        |row| row.get(0),
+    )?;
     let mut statement = conn.prepare(
         "SELECT tenant, max_bytes, max_segments, max_segment_bytes FROM quota_overrides ORDER BY tenant",
     )?;
@@ -481,7 +496,47 @@ fn restore(conn: &Connection) -> Result<Restored, AuditError> {
     Ok(Restored {
         next_segment_id: max_id.map_or(1, |id| from_i64(id) + 1),
         quota_overrides,
+        segments: restore_segments(conn)?,
     })
+}
+
+/// The segments table's live rows (not freed), as the core records them.
+fn restore_segments(conn: &Connection) -> Result<Vec<SegmentRecord>, AuditError> {
+    let mut statement = conn.prepare(
+        "SELECT id, name, tenant, size_bytes, mode, lifetime, ttl_ms, owner_pid, owner_uid, created_us, \
+         token, dev, ino FROM segments WHERE freed_us IS NULL ORDER BY id",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let ttl_ms = from_i64(row.get(6)?);
+        let token: Option<Vec<u8>> = row.get(10)?;
+        let created = UNIX_EPOCH + Duration::from_micros(from_i64(row.get(9)?));
+        Ok(SegmentRecord {
+            id: SegmentId(from_i64(row.get(0)?)),
+            name: row.get(1)?,
+            tenant: row.get(2)?,
+            size_bytes: from_i64(row.get(3)?),
+            mode: SharingMode::parse(&row.get::<_, String>(4)?),
+            lifetime: Lifetime::parse(&row.get::<_, String>(5)?, ttl_ms),
+            owner_pid: u32::try_from(row.get::<_, i64>(7)?).unwrap_or_default(),
+            owner_uid: u32::try_from(row.get::<_, i64>(8)?).unwrap_or_default(),
+            state: SegmentState::Unclaimed,
+            attachments: 0,
+            created,
+            attached: None,
+            owner_client: None,
+            unattached_since: None,
+            owner_exited: None,
+            // Rows from before tokens existed cannot be re-attached.
+            token: token
+                .and_then(|t| Token::try_from(t.as_slice()).ok())
+                .unwrap_or_default(),
+            memory: MemoryIdentity {
+                dev: from_i64(row.get::<_, Option<i64>>(11)?.unwrap_or_default()),
+                ino: from_i64(row.get::<_, Option<i64>>(12)?.unwrap_or_default()),
+            },
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn read_events(conn: &Connection, query: &EventQuery) -> Result<Vec<StoredEvent>, AuditError> {
@@ -551,8 +606,8 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<u64>, AuditEr
             }
             Record::SegmentCreated(s) => {
                 tx.prepare_cached(
-                    "INSERT INTO segments (id, name, tenant, size_bytes, mode, lifetime, ttl_ms, owner_pid, owner_uid, created_us) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO segments (id, name, tenant, size_bytes, mode, lifetime, ttl_ms, owner_pid, owner_uid, \
+                     created_us, token, dev, ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?
                 .execute(params![
                     to_i64(s.id.0),
@@ -564,7 +619,10 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<u64>, AuditEr
                     to_i64(s.lifetime.ttl_ms()),
                     s.owner_pid,
                     s.owner_uid,
-                    micros(s.created)
+                    micros(s.created),
+                    s.token.as_slice(),
+                    to_i64(s.memory.dev),
+                    to_i64(s.memory.ino)
                 ])?;
             }
             Record::SegmentFreed { id, at } => {
@@ -648,6 +706,8 @@ mod tests {
             owner_client: None,
             unattached_since: None,
             owner_exited: None,
+            token: [7; 16],
+            memory: MemoryIdentity { dev: 1, ino: 2 },
         }
     }
 
@@ -660,7 +720,8 @@ mod tests {
             restored,
             Restored {
                 next_segment_id: 1,
-                quota_overrides: vec![]
+                quota_overrides: vec![],
+                segments: vec![]
             }
         );
         let limits = Limits {
@@ -697,6 +758,15 @@ mod tests {
 
         let (sut, restored) = AuditLog::open(&path).unwrap();
         assert_eq!(restored.next_segment_id, 42);
+        let live: Vec<_> = restored
+            .segments
+            .iter()
+            .map(|r| (r.id, r.token, r.memory))
+            .collect();
+        assert_eq!(
+            live,
+            [(SegmentId(41), [7; 16], MemoryIdentity { dev: 1, ino: 2 })]
+        );
         assert_eq!(
             restored.quota_overrides,
             vec![("uid-1000".to_owned(), limits)]

@@ -31,6 +31,10 @@ pub const ENV_LOG_FORMAT: &str = "IPCPLANE_LOG_FORMAT";
 /// come back before its segment can be purged.
 pub const DEFAULT_ORPHAN_GRACE_SECONDS: u64 = 600;
 
+/// Default time for holders to present their segments after a restart
+/// (SDK clients reconnect with a backoff capped at one second).
+pub const DEFAULT_REATTACH_GRACE_SECONDS: u64 = 30;
+
 /// Default quota when neither the file nor an override sets one.
 pub const DEFAULT_LIMITS: Limits = Limits {
     max_bytes: Some(4 << 30),
@@ -98,6 +102,9 @@ pub struct FileConfig {
     /// How long an unattached segment of an exited owner waits before it is
     /// an orphan that `PurgeSegments` may remove.
     pub orphan_grace_seconds: Option<u64>,
+    /// After a restart, how long holders have to present the segments they
+    /// hold before the ones nobody presented are lost.
+    pub reattach_grace_seconds: Option<u64>,
 }
 
 /// `[quota]`: sizes as integers or strings such as "4GiB"; "unlimited" lifts a limit.
@@ -143,6 +150,7 @@ pub struct Config {
     pub default_limits: Limits,
     pub tenant_rules: Vec<TenantRule>,
     pub orphan_grace: Duration,
+    pub reattach_grace: Duration,
 }
 
 impl Config {
@@ -286,6 +294,10 @@ pub fn resolve(cli: Cli, file: FileConfig, host: &Host) -> Result<Config, String
         orphan_grace: Duration::from_secs(
             file.orphan_grace_seconds
                 .unwrap_or(DEFAULT_ORPHAN_GRACE_SECONDS),
+        ),
+        reattach_grace: Duration::from_secs(
+            file.reattach_grace_seconds
+                .unwrap_or(DEFAULT_REATTACH_GRACE_SECONDS),
         ),
     })
 }

@@ -190,6 +190,7 @@ pub fn state_name(state: SegmentState) -> &'static str {
         SegmentState::Creating => "CREATING",
         SegmentState::Active => "ACTIVE",
         SegmentState::Draining => "DRAINING",
+        SegmentState::Unclaimed => "UNCLAIMED",
     }
 }
 
@@ -198,6 +199,7 @@ fn state_to_proto(state: SegmentState) -> v1::SegmentState {
         SegmentState::Creating => v1::SegmentState::Unspecified,
         SegmentState::Active => v1::SegmentState::Active,
         SegmentState::Draining => v1::SegmentState::Draining,
+        SegmentState::Unclaimed => v1::SegmentState::Unclaimed,
     }
 }
 

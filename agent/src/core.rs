@@ -76,7 +76,28 @@ impl SharingMode {
     }
 }
 
+impl SharingMode {
+    /// Reads [`SharingMode::as_str`] back; anything else is read-write.
+    pub fn parse(text: &str) -> SharingMode {
+        if text == SharingMode::ReadOnlyForOthers.as_str() {
+            SharingMode::ReadOnlyForOthers
+        } else {
+            SharingMode::ReadWrite
+        }
+    }
+}
+
 impl Lifetime {
+    /// Reads [`Lifetime::as_str`] back; anything else is persistent.
+    pub fn parse(text: &str, ttl_ms: u64) -> Lifetime {
+        match text {
+            "on_last_detach" => Lifetime::OnLastDetach,
+            "owner" => Lifetime::Owner,
+            "ttl" => Lifetime::Ttl { ttl_ms },
+            _ => Lifetime::Persistent,
+        }
+    }
+
     /// The stored and audited spelling (the ttl is separate).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -111,6 +132,9 @@ pub enum SegmentState {
     Active,
     /// Deleted while attached: charged until the last attachment goes.
     Draining,
+    /// Known from before an agent restart, waiting for a holder to present
+    /// it again: charged and listed, but not openable until then.
+    Unclaimed,
 }
 
 /// What a caller asks for when creating a segment.
@@ -146,6 +170,30 @@ pub struct SegmentRecord {
     /// When its creating process exited; a pre-provisioned segment has no
     /// owning process, so this is its creation time.
     pub owner_exited: Option<SystemTime>,
+    /// The secret a holder presents to re-attach it after an agent restart.
+    pub token: Token,
+    /// Which memfd it is, to recognise it when a holder presents it again.
+    pub memory: MemoryIdentity,
+}
+
+/// What a holder presents to re-attach a segment: the token, and what the
+/// agent found out about the fd it sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    pub token: &'a [u8],
+    pub identity: MemoryIdentity,
+    pub size_bytes: u64,
+}
+
+/// A segment's re-attachment secret.
+pub type Token = [u8; 16];
+
+/// The device and inode of a segment's memfd: the same file whatever fd or
+/// process it is seen through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryIdentity {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// Which segment an open names.
@@ -248,6 +296,8 @@ pub enum EndReason {
     TtlExpired,
     /// An orphan removed by a purge.
     Purged,
+    /// Nobody presented it again within the grace after an agent restart.
+    Lost,
 }
 
 impl EndReason {
@@ -259,6 +309,7 @@ impl EndReason {
             EndReason::OwnerExited => "owner: creating process exited",
             EndReason::TtlExpired => "ttl: unattached for longer than its ttl",
             EndReason::Purged => "purged as an orphan",
+            EndReason::Lost => "lost: nobody presented it again after the agent restarted",
         }
     }
 }
@@ -478,6 +529,8 @@ impl<M: Clone> Core<M> {
             owner_client: owner,
             unattached_since: Some(now),
             owner_exited: owner.is_none().then_some(now),
+            token: Token::default(),
+            memory: MemoryIdentity::default(),
         };
         if let Some(name) = &spec.name {
             self.names.insert((tenant.clone(), name.clone()), id);
@@ -500,13 +553,22 @@ impl<M: Clone> Core<M> {
     ///
     /// # Panics
     /// If `id` is not a reservation of this core (a bug in the caller).
-    pub fn complete_segment(&mut self, id: SegmentId, memory: M, now: SystemTime) -> SegmentRecord {
+    pub fn complete_segment(
+        &mut self,
+        id: SegmentId,
+        memory: M,
+        identity: MemoryIdentity,
+        token: Token,
+        now: SystemTime,
+    ) -> SegmentRecord {
         let entry = self
             .segments
             .get_mut(&id)
             .expect("complete_segment on an unknown reservation");
         assert_eq!(entry.record.state, SegmentState::Creating);
         entry.record.state = SegmentState::Active;
+        entry.record.memory = identity;
+        entry.record.token = token;
         entry.memory = Some(memory);
         if let Some(client) = entry.record.owner_client {
             self.attach(client, id, now);
@@ -710,6 +772,99 @@ impl<M: Clone> Core<M> {
             freed,
             draining,
         })
+    }
+
+    /// Restores a segment known from before a restart, unclaimed until a
+    /// holder presents it again (its memory lives only in those holders).
+    pub fn restore_segment(&mut self, mut record: SegmentRecord, now: SystemTime) {
+        record.state = SegmentState::Unclaimed;
+        record.attachments = 0;
+        record.owner_client = None;
+        record.unattached_since = Some(now);
+        if let Some(name) = &record.name {
+            self.names
+                .insert((record.tenant.clone(), name.clone()), record.id);
+        }
+        let usage = self.usage.entry(record.tenant.clone()).or_default();
+        usage.bytes += record.size_bytes;
+        usage.segments += 1;
+        self.next_segment_id = self.next_segment_id.max(record.id.0 + 1);
+        self.segments.insert(
+            record.id,
+            Entry {
+                record,
+                memory: None,
+            },
+        );
+    }
+
+    /// A holder presents segment `id` again with `token`, through a memfd
+    /// whose identity the caller established. An unclaimed segment adopts
+    /// `memory` (the agent's own read-write handle); an active one only gains
+    /// the attachment. The owner's pid taking it back becomes its owner again.
+    ///
+    /// # Errors
+    /// NotFound, PermissionDenied (tenant, token, a different memfd).
+    pub fn reattach_segment(
+        &mut self,
+        client: ClientId,
+        id: SegmentId,
+        presented: &Presented<'_>,
+        memory: impl FnOnce() -> Option<M>,
+        now: SystemTime,
+    ) -> Result<SegmentRecord, CoreError> {
+        let caller = self
+            .clients
+            .get(&client)
+            .map(|c| c.caller.clone())
+            .ok_or_else(|| CoreError::FailedPrecondition("client is not registered".into()))?;
+        let entry = self
+            .segments
+            .get(&id)
+            .filter(|e| {
+                matches!(
+                    e.record.state,
+                    SegmentState::Active | SegmentState::Unclaimed
+                )
+            })
+            .ok_or_else(|| CoreError::NotFound(format!("{id} not found")))?;
+        check_tenant_access(&caller, &entry.record.tenant)?;
+        if !same_token(&entry.record.token, presented.token)
+            || entry.record.memory != presented.identity
+            || entry.record.size_bytes != presented.size_bytes
+        {
+            return Err(CoreError::PermissionDenied(format!(
+                "{id}: the token or the file presented is not this segment's"
+            )));
+        }
+        if entry.record.state == SegmentState::Unclaimed {
+            let memory = memory().ok_or_else(|| {
+                CoreError::FailedPrecondition(format!(
+                    "{id}: cannot take the presented memory back"
+                ))
+            })?;
+            let entry = self.segments.get_mut(&id).expect("checked above");
+            entry.memory = Some(memory);
+            entry.record.state = SegmentState::Active;
+            if entry.record.owner_pid == caller.pid && entry.record.owner_exited.is_none() {
+                entry.record.owner_client = Some(client);
+            }
+        }
+        self.attach(client, id, now);
+        Ok(self.segments[&id].record.clone())
+    }
+
+    /// Ends every segment still unclaimed: nobody presented it in time.
+    pub fn lose_unclaimed(&mut self) -> Vec<Freed<M>> {
+        let lost: Vec<SegmentId> = self
+            .segments
+            .values()
+            .filter(|e| e.record.state == SegmentState::Unclaimed)
+            .map(|e| e.record.id)
+            .collect();
+        lost.into_iter()
+            .map(|id| self.remove(id, EndReason::Lost))
+            .collect()
     }
 
     /// Orphans visible to `caller`: active segments whose owner has exited and
@@ -971,6 +1126,16 @@ impl<M: Clone> Core<M> {
     }
 }
 
+/// Compares tokens in time independent of where they differ.
+fn same_token(expected: &Token, presented: &[u8]) -> bool {
+    presented.len() == expected.len()
+        && expected
+            .iter()
+            .zip(presented)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
 /// Non-admins act only within their own tenant.
 ///
 /// # Errors
@@ -1060,7 +1225,17 @@ mod tests {
         client: Option<ClientId>,
     ) -> SegmentId {
         let record = sut.reserve_segment(who, spec, client, NOW).unwrap();
-        sut.complete_segment(record.id, (), NOW).id
+        sut.complete_segment(
+            record.id,
+            (),
+            MemoryIdentity {
+                dev: 1,
+                ino: record.id.0,
+            },
+            [record.id.0 as u8; 16],
+            NOW,
+        )
+        .id
     }
 
     /// Registers a connection of a new process of `who`.
@@ -1094,7 +1269,13 @@ mod tests {
                 segments: 1
             }
         );
-        sut.complete_segment(reserved.id, (), NOW);
+        sut.complete_segment(
+            reserved.id,
+            (),
+            MemoryIdentity::default(),
+            Token::default(),
+            NOW,
+        );
         let listed: Vec<_> = sut.segments_after(SegmentId(0)).collect();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].state, SegmentState::Active);
@@ -1463,6 +1644,92 @@ mod tests {
         assert!(
             sut.purge(kept).is_none(),
             "an attached segment is never purged"
+        );
+    }
+
+    #[test]
+    fn a_restored_segment_is_adopted_only_with_its_token_and_its_very_memfd() {
+        let mut sut = unlimited();
+        let alice = caller(1000);
+        let holder = connect(&mut sut, alice.clone());
+        let id = create(&mut sut, &alice, &spec(Some("r"), 4096), Some(holder));
+        let record = sut.get_segment(&alice, id).unwrap();
+        let (token, identity) = (record.token, record.memory);
+
+        // The agent restarts: a new core knows the segment only from its row.
+        let mut sut: Core<()> = Core::new(Limits::default(), 1);
+        sut.restore_segment(record, NOW);
+        assert_eq!(sut.quota(&alice, "uid-1000").unwrap().usage.segments, 1);
+        let presenter = connect(&mut sut, alice.clone());
+        let stranger = connect(&mut sut, caller(1001));
+        let reattach = |sut: &mut Core<()>, who, token: &[u8], identity, size_bytes| {
+            let presented = Presented {
+                token,
+                identity,
+                size_bytes,
+            };
+            sut.reattach_segment(who, id, &presented, || Some(()), NOW)
+        };
+        let other_file = MemoryIdentity {
+            ino: identity.ino + 1,
+            ..identity
+        };
+        for refused in [
+            reattach(&mut sut, presenter, &[0; 16], identity, 4096),
+            reattach(&mut sut, presenter, &token[..8], identity, 4096),
+            reattach(&mut sut, presenter, &token, other_file, 4096),
+            reattach(&mut sut, presenter, &token, identity, 8192),
+            reattach(&mut sut, stranger, &token, identity, 4096),
+        ] {
+            assert!(
+                matches!(refused, Err(CoreError::PermissionDenied(_))),
+                "{refused:?}"
+            );
+        }
+        assert!(
+            matches!(
+                sut.open_segment(presenter, &Target::Id(id), Access::Read, NOW),
+                Err(CoreError::NotFound(_))
+            ),
+            "unclaimed segments cannot be opened"
+        );
+        let adopted = reattach(&mut sut, presenter, &token, identity, 4096).unwrap();
+        assert_eq!(
+            (adopted.state, adopted.attachments),
+            (SegmentState::Active, 1)
+        );
+        assert!(
+            sut.open_segment(presenter, &Target::Name("r".into()), Access::Read, NOW)
+                .is_ok()
+        );
+        assert!(sut.lose_unclaimed().is_empty());
+    }
+
+    #[test]
+    fn segments_nobody_presents_are_lost() {
+        let mut sut = unlimited();
+        let alice = caller(1000);
+        let id = create(&mut sut, &alice, &spec(None, 10), None);
+        let record = sut.get_segment(&alice, id).unwrap();
+        let mut sut: Core<()> = Core::new(Limits::default(), 1);
+        sut.restore_segment(record, NOW);
+        let lost = sut.lose_unclaimed();
+        assert_eq!(
+            lost.iter()
+                .map(|f| (f.record.id, f.reason))
+                .collect::<Vec<_>>(),
+            [(id, EndReason::Lost)]
+        );
+        assert_eq!(
+            sut.quota(&alice, "uid-1000").unwrap().usage,
+            Usage::default()
+        );
+        // Ids stay unique after a restart that restored higher ones.
+        assert!(
+            sut.reserve_segment(&alice, &spec(None, 1), None, NOW)
+                .unwrap()
+                .id
+                > id
         );
     }
 

@@ -29,7 +29,9 @@ use tokio::task::JoinSet;
 
 use crate::audit::{Event, Outcome};
 use crate::convert;
-use crate::core::{Caller, ClientId, CoreError, ProcessIdentity, SegmentId, SegmentSpec, Target};
+use crate::core::{
+    Caller, ClientId, CoreError, ProcessIdentity, SegmentId, SegmentRecord, SegmentSpec, Target,
+};
 use crate::reaper::Reaper;
 use crate::service::{Agent, ServiceError};
 use crate::shutdown::Shutdown;
@@ -211,17 +213,28 @@ impl Connection {
                 let message = format!("datagram larger than {MAX_GRANT_DATAGRAM} bytes");
                 return self.violation(0, message).await;
             }
-            if !received.fds.is_empty() || received.fds_truncated {
-                // `received.fds` are closed when it drops, right here.
-                let message = "file descriptors are not accepted by the grant socket".to_owned();
-                return self.violation(0, message).await;
-            }
             let request = match v1::GrantRequest::decode(&buf[..received.len]) {
                 Ok(request) => request,
                 Err(error) => {
                     return self
                         .violation(0, format!("malformed request: {error}"))
                         .await;
+                }
+            };
+            // Only a re-attachment carries a file descriptor, exactly one.
+            // Any other fd is closed when `received` drops, right here.
+            let reattach = matches!(request.kind, Some(grant_request::Kind::ReattachSegment(_)));
+            let mut fds = received.fds;
+            let presented = match (reattach, fds.len(), received.fds_truncated) {
+                (false, 0, false) => None,
+                (true, 1, false) => fds.pop(),
+                (false, _, _) => {
+                    let message = "file descriptors are not accepted with this request".to_owned();
+                    return self.violation(request.request_id, message).await;
+                }
+                (true, _, _) => {
+                    let message = "a re-attachment carries exactly one file descriptor".to_owned();
+                    return self.violation(request.request_id, message).await;
                 }
             };
             let id = request.request_id;
@@ -240,7 +253,7 @@ impl Connection {
                     return self.violation(id, "hello was already done".into()).await;
                 }
                 (Some(kind), Some(client)) => {
-                    let (reply, fd) = match self.operate(client, kind).await {
+                    let (reply, fd) = match self.operate(client, kind, presented).await {
                         Ok(answer) => answer,
                         Err(error) => (
                             grant_response::Kind::Error(v1::GrantError::from(&error)),
@@ -294,15 +307,17 @@ impl Connection {
         &self,
         client: ClientId,
         kind: grant_request::Kind,
+        presented: Option<OwnedFd>,
     ) -> Result<(grant_response::Kind, Option<Arc<OwnedFd>>), ServiceError> {
         let agent = &self.agent;
         let caller = &self.caller;
-        let grant = |record, access, fd| {
+        let grant = |record: SegmentRecord, access, fd| {
             let segment = grant_response::Kind::Segment(v1::SegmentGrant {
                 segment: Some(convert::segment(&record)),
                 access: convert::access_to_proto(access) as i32,
+                token: record.token.to_vec(),
             });
-            (segment, Some(fd))
+            (segment, fd)
         };
         match kind {
             grant_request::Kind::CreateSegment(create) => {
@@ -315,7 +330,7 @@ impl Connection {
                     }
                 };
                 let (record, fd) = agent.create_segment(caller, spec, Some(client)).await?;
-                Ok(grant(record, crate::core::Access::ReadWrite, fd))
+                Ok(grant(record, crate::core::Access::ReadWrite, Some(fd)))
             }
             grant_request::Kind::OpenSegment(open) => {
                 let parsed =
@@ -329,7 +344,23 @@ impl Connection {
                     }
                 };
                 let (record, fd) = agent.open_segment(caller, client, &target, access).await?;
-                Ok(grant(record, access, fd))
+                Ok(grant(record, access, Some(fd)))
+            }
+            grant_request::Kind::ReattachSegment(reattach) => {
+                let id = SegmentId(reattach.id);
+                let access = match convert::access(reattach.access) {
+                    Ok(access) => access,
+                    Err(refusal) => {
+                        return Err(agent
+                            .refused(caller, "segment.reattach", &id.to_string(), refusal)
+                            .await);
+                    }
+                };
+                let fd = presented.expect("a re-attachment carries its fd (checked in run)");
+                let record = agent
+                    .reattach_segment(caller, client, id, &reattach.token, access, fd)
+                    .await?;
+                Ok(grant(record, access, None))
             }
             grant_request::Kind::DetachSegment(detach) => {
                 agent

@@ -56,6 +56,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     for (tenant, limits) in &restored.quota_overrides {
         core.load_quota_override(tenant, Some(*limits));
     }
+    let unclaimed = restored.segments.len();
+    for record in restored.segments {
+        core.restore_segment(record, std::time::SystemTime::now());
+    }
     let grant_socket = config.grant_socket();
     let control_socket = config.control_socket();
     let grant_listener = grant::bind(&grant_socket)
@@ -93,6 +97,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let reaper = reaper::Reaper::start(agent.clone(), servers_stopping.clone())
         .context("starting the reaper")?;
     tokio::spawn(expire_ttl_segments(agent.clone(), servers_stopping.clone()));
+    if unclaimed > 0 {
+        tracing::info!(segments = unclaimed, grace = ?config.reattach_grace, "waiting for holders to present segments");
+        tokio::spawn(lose_unclaimed_segments(
+            agent.clone(),
+            config.reattach_grace,
+            servers_stopping.clone(),
+        ));
+    }
     let mut grant_task = tokio::spawn(grant::serve(
         agent.clone(),
         reaper,
@@ -158,6 +170,19 @@ async fn expire_ttl_segments(agent: Arc<Agent>, shutdown: Shutdown) {
             () = shutdown.wait() => return,
             _ = tick.tick() => agent.expire_ttl().await,
         }
+    }
+}
+
+/// After `grace`, ends the segments from before the restart that nobody
+/// presented again.
+async fn lose_unclaimed_segments(
+    agent: Arc<Agent>,
+    grace: std::time::Duration,
+    shutdown: Shutdown,
+) {
+    tokio::select! {
+        () = shutdown.wait() => {}
+        () = tokio::time::sleep(grace) => agent.lose_unclaimed().await,
     }
 }
 

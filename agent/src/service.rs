@@ -11,8 +11,8 @@ use ipcplane_shm::memfd::{self, CreateError};
 
 use crate::audit::{AuditError, AuditLog, Event, Outcome, Record};
 use crate::core::{
-    Access, Caller, ClientId, Core, CoreError, Deleted, EndReason, Freed, Limits, ProcessIdentity,
-    QuotaView, SegmentId, SegmentRecord, SegmentSpec, Target,
+    Access, Caller, ClientId, Core, CoreError, Deleted, EndReason, Freed, Limits, MemoryIdentity,
+    Presented, ProcessIdentity, QuotaView, SegmentId, SegmentRecord, SegmentSpec, Target, Token,
 };
 use crate::identity::Policy;
 
@@ -124,9 +124,16 @@ impl Agent {
                 return Err(error.into());
             }
         };
-        let record = self
-            .core()
-            .complete_segment(id, memory.clone(), SystemTime::now());
+        let (identity, token) = match identify_memory(&memory) {
+            Ok(identity) => identity,
+            Err(error) => {
+                self.core().abandon_segment(id);
+                return Err(ServiceError::Grant(error));
+            }
+        };
+        let record =
+            self.core()
+                .complete_segment(id, memory.clone(), identity, token, SystemTime::now());
         let event = Event::new(
             caller,
             "segment.create",
@@ -212,6 +219,60 @@ impl Agent {
             return Err(error.into());
         }
         Ok((record, granted))
+    }
+
+    /// A holder presents a segment again (after an agent restart): checks
+    /// the fd (size, seals, access mode) and lets the core check the token
+    /// and that it is the very memfd; an unclaimed segment adopts it.
+    ///
+    /// # Errors
+    /// Refusals from the core or of the fd, audit failures.
+    pub async fn reattach_segment(
+        &self,
+        caller: &Caller,
+        client: ClientId,
+        id: SegmentId,
+        token: &[u8],
+        access: Access,
+        fd: OwnedFd,
+    ) -> Result<SegmentRecord, ServiceError> {
+        let checked = check_presented(&fd, access);
+        let reattached = checked.and_then(|(identity, size_bytes)| {
+            let memory = || match memfd::access_of(fd.as_fd()) {
+                Ok(ipcplane_shm::Access::ReadWrite) => Some(Arc::new(fd)),
+                _ => memfd::reopen(fd.as_fd(), ipcplane_shm::Access::ReadWrite)
+                    .ok()
+                    .map(Arc::new),
+            };
+            let presented = Presented {
+                token,
+                identity,
+                size_bytes,
+            };
+            self.core()
+                .reattach_segment(client, id, &presented, memory, SystemTime::now())
+        });
+        let record = match reattached {
+            Ok(record) => record,
+            Err(refusal) => {
+                return Err(self
+                    .refused(caller, "segment.reattach", &id.to_string(), refusal)
+                    .await);
+            }
+        };
+        let detail = format!("access={}", access_name(access));
+        let event = Event::new(
+            caller,
+            "segment.reattach",
+            id.to_string(),
+            Outcome::Allowed,
+            detail,
+        );
+        if let Err(error) = self.audit.record(event).await {
+            let _ = self.core().detach_segment(client, id, SystemTime::now());
+            return Err(error.into());
+        }
+        Ok(record)
     }
 
     /// Releases one attachment of `client`.
@@ -403,6 +464,21 @@ impl Agent {
         Ok(records)
     }
 
+    /// Ends the segments nobody presented again after a restart.
+    pub async fn lose_unclaimed(&self) {
+        let lost = self.core().lose_unclaimed();
+        if lost.is_empty() {
+            return;
+        }
+        let records: Vec<Record> = lost
+            .into_iter()
+            .flat_map(|f| ended(&self.itself, f))
+            .collect();
+        if let Err(error) = self.audit.commit(records).await {
+            tracing::error!(cause = %error, "cannot audit lost segments");
+        }
+    }
+
     /// Ends every `ttl` segment that has been unattached for its ttl.
     pub async fn expire_ttl(&self) {
         let freed = self.core().expire_ttl(SystemTime::now());
@@ -496,6 +572,41 @@ impl Agent {
     }
 }
 
+/// What a presented fd is, if it is fit to be a segment: sealed, and open
+/// for at least `access`.
+fn check_presented(fd: &OwnedFd, access: Access) -> Result<(MemoryIdentity, u64), CoreError> {
+    let unfit = |why: String| CoreError::PermissionDenied(format!("the presented file {why}"));
+    let stat = rustix::fs::fstat(fd).map_err(|e| unfit(format!("cannot be inspected: {e}")))?;
+    let seals = memfd::seals(fd.as_fd()).map_err(|e| unfit(format!("has no seals: {e}")))?;
+    if !seals.contains(memfd::REQUIRED_SEALS) {
+        return Err(unfit("is not sealed against resizing".into()));
+    }
+    let mode = memfd::access_of(fd.as_fd())
+        .map_err(|e| unfit(format!("has no usable access mode: {e}")))?;
+    if access == Access::ReadWrite && mode != ipcplane_shm::Access::ReadWrite {
+        return Err(unfit(
+            "is read-only but read-write access was claimed".into(),
+        ));
+    }
+    let identity = MemoryIdentity {
+        dev: stat.st_dev,
+        ino: stat.st_ino,
+    };
+    Ok((identity, u64::try_from(stat.st_size).unwrap_or_default()))
+}
+
+/// The memfd's device and inode, and a fresh secret for re-attaching it.
+fn identify_memory(memory: &OwnedFd) -> std::io::Result<(MemoryIdentity, Token)> {
+    let stat = rustix::fs::fstat(memory)?;
+    let mut token = Token::default();
+    rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty())?;
+    let identity = MemoryIdentity {
+        dev: stat.st_dev,
+        ino: stat.st_ino,
+    };
+    Ok((identity, token))
+}
+
 /// Gives a freed segment's memory back to the system now. A process that
 /// claimed to detach may still hold the memfd; it keeps a valid mapping, but
 /// the pages charged to its tenant are gone, and anything it touches again is
@@ -514,6 +625,7 @@ fn ended(caller: &Caller, freed: Freed<Memory>) -> Vec<Record> {
     let id = freed.record.id;
     let action = match freed.reason {
         EndReason::Purged => "segment.purge",
+        EndReason::Lost => "segment.lost",
         EndReason::Deleted
         | EndReason::LastDetach
         | EndReason::OwnerExited

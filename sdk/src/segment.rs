@@ -163,6 +163,9 @@ pub enum SegmentState {
     /// Deleted but still attached somewhere: no new opens, still charged to
     /// its tenant until the last attachment goes.
     Draining,
+    /// Known from before an agent restart, waiting for a holder to present
+    /// it again.
+    Unclaimed,
 }
 
 impl SegmentState {
@@ -170,6 +173,7 @@ impl SegmentState {
         match v1::SegmentState::try_from(value) {
             Ok(v1::SegmentState::Active) => Ok(Self::Active),
             Ok(v1::SegmentState::Draining) => Ok(Self::Draining),
+            Ok(v1::SegmentState::Unclaimed) => Ok(Self::Unclaimed),
             Ok(v1::SegmentState::Unspecified) | Err(_) => Err(ProtocolError::UnknownValue {
                 field: "state",
                 value,

@@ -264,6 +264,7 @@ mod tests {
                 ..v1::Segment::default()
             }),
             access: access.into(),
+            token: vec![7; 16],
         })
     }
 
@@ -505,6 +506,7 @@ mod tests {
         let grant = grant_response::Kind::Segment(SegmentGrant {
             segment: None,
             access: v1::Access::Read.into(),
+            token: Vec::new(),
         });
 
         let err = reply(grant, vec![memfd()])

@@ -20,6 +20,7 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 mod cli;
 mod lifetimes;
 mod purge;
+mod restart;
 mod watch;
 
 pub(crate) const PEER: &str = env!("CARGO_BIN_EXE_ipcplane-peer");

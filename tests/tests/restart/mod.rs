@@ -1,0 +1,157 @@
+//! Agent restarts: the segment table survives in SQLite, holders present
+//! their segments again (token + the fd itself) and the agent adopts only
+//! the genuine memfd; segments nobody presents are lost, and audited so.
+//! These tests speak the grant protocol directly, as a hostile client would.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use ipcplane_e2e::TestAgent;
+use ipcplane_proto::v1::{self, grant_request, grant_response};
+use ipcplane_shm::fdpass;
+use ipcplane_shm::memfd;
+use prost::Message;
+use serde_json::Value;
+
+use super::{answer, eventually, hello, raw_connection, request, run, runtime, stderr};
+
+/// A raw connection that has said hello.
+fn connected(agent: &TestAgent) -> OwnedFd {
+    let socket = raw_connection(agent);
+    fdpass::send(socket.as_fd(), &hello(), &[]).unwrap();
+    let reply = answer(&socket).expect("hello answered");
+    assert!(
+        matches!(reply.kind, Some(grant_response::Kind::Hello(_))),
+        "{reply:?}"
+    );
+    socket
+}
+
+/// Creates a segment; returns its id, token and read-write fd.
+fn create(socket: &OwnedFd, name: &str) -> (u64, Vec<u8>, OwnedFd) {
+    let create = request(grant_request::Kind::CreateSegment(v1::CreateSegment {
+        name: name.into(),
+        size_bytes: 4096,
+        ..Default::default()
+    }));
+    fdpass::send(socket.as_fd(), &create, &[]).unwrap();
+    let mut buf = vec![0u8; ipcplane_proto::MAX_GRANT_DATAGRAM];
+    let received = fdpass::recv(socket.as_fd(), &mut buf).unwrap();
+    let reply = v1::GrantResponse::decode(&buf[..received.len]).unwrap();
+    let Some(grant_response::Kind::Segment(grant)) = reply.kind else {
+        panic!("expected a grant, got {reply:?}");
+    };
+    let fd = received.fds.into_iter().next().expect("the grant's fd");
+    (grant.segment.unwrap().id, grant.token, fd)
+}
+
+/// Presents `fd` as segment `id` with `token`; the agent's answer.
+fn reattach(socket: &OwnedFd, id: u64, token: &[u8], fd: &OwnedFd) -> Option<grant_response::Kind> {
+    let reattach = request(grant_request::Kind::ReattachSegment(v1::ReattachSegment {
+        id,
+        token: token.to_vec(),
+        access: v1::Access::ReadWrite as i32,
+    }));
+    fdpass::send(socket.as_fd(), &reattach, &[fd.as_fd()]).unwrap();
+    answer(socket).and_then(|reply| reply.kind)
+}
+
+fn listed(agent: &TestAgent) -> Vec<Value> {
+    let output = run(agent.ipcctl().args(["-o", "json", "segment", "list"]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_slice::<Value>(&output.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn outcomes(agent: &TestAgent, action: &str) -> Vec<i32> {
+    runtime()
+        .block_on(agent.audit_events())
+        .into_iter()
+        .filter(|e| e.action == action)
+        .map(|e| e.outcome)
+        .collect()
+}
+
+#[test]
+fn after_a_restart_only_the_genuine_memfd_with_its_token_is_adopted() {
+    let mut agent = TestAgent::start();
+    let (id, token, genuine) = create(&connected(&agent), "genuine");
+    agent.kill();
+    agent.restart();
+    let unclaimed = listed(&agent);
+    assert_eq!(
+        (unclaimed[0]["id"].as_u64(), unclaimed[0]["state"].as_str()),
+        (Some(id), Some("UNCLAIMED"))
+    );
+
+    let socket = connected(&agent);
+    let refused = |kind: Option<grant_response::Kind>| matches!(kind, Some(grant_response::Kind::Error(e)) if e.code == tonic::Code::PermissionDenied as i32);
+    // A forged token with the genuine fd.
+    assert!(refused(reattach(&socket, id, &[0; 16], &genuine)));
+    // The genuine token with another memfd of the same size.
+    let impostor = memfd::create_sealed("impostor", 4096).unwrap();
+    assert!(refused(reattach(&socket, id, &token, &impostor)));
+    // An unsealed memfd.
+    let unsealed = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+    assert!(refused(reattach(&socket, id, &token, &unsealed)));
+    // A read-only description claimed as read-write.
+    let read_only = memfd::reopen(genuine.as_fd(), ipcplane_shm::Access::Read).unwrap();
+    assert!(refused(reattach(&socket, id, &token, &read_only)));
+    assert_eq!(
+        listed(&agent)[0]["state"],
+        "UNCLAIMED",
+        "the genuine segment is unaffected"
+    );
+
+    match reattach(&socket, id, &token, &genuine) {
+        Some(grant_response::Kind::Segment(grant)) => assert_eq!(grant.segment.unwrap().id, id),
+        other => panic!("the genuine segment was refused: {other:?}"),
+    }
+    let adopted = listed(&agent);
+    assert_eq!(
+        (
+            adopted[0]["state"].as_str(),
+            adopted[0]["attachment_count"].as_u64()
+        ),
+        (Some("ACTIVE"), Some(1))
+    );
+    let denied = v1::Outcome::Denied as i32;
+    let allowed = v1::Outcome::Allowed as i32;
+    assert_eq!(
+        outcomes(&agent, "segment.reattach"),
+        [denied, denied, denied, denied, allowed]
+    );
+
+    // Adopted means usable: another process can open it and sees its bytes.
+    rustix::io::pwrite(&genuine, b"survived", 0).unwrap();
+    let output = run(agent
+        .peer(super::PEER.as_ref())
+        .args(["open", "genuine", "read"]));
+    assert_eq!(
+        super::fields(&output)["data"],
+        "survived",
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_segment_nobody_holds_is_lost_at_restart_without_an_fd_store() {
+    let mut agent = TestAgent::start_with("reattach_grace_seconds = 0\n");
+    let socket = connected(&agent);
+    let (id, _, fd) = create(&socket, "unheld");
+    drop((socket, fd));
+    agent.kill();
+    agent.restart();
+    eventually("the unheld segment is lost", || listed(&agent).is_empty());
+    let lost: Vec<_> = runtime()
+        .block_on(agent.audit_events())
+        .into_iter()
+        .filter(|e| e.action == "segment.lost")
+        .map(|e| e.resource)
+        .collect();
+    assert_eq!(lost, [format!("segments/{id}")]);
+}
