@@ -207,6 +207,23 @@ impl TestAgent {
         command
     }
 
+    /// Every segment `ipcctl -o json segment list` shows, as JSON objects.
+    ///
+    /// # Panics
+    /// If ipcctl fails.
+    pub fn listed_segments(&self) -> Vec<serde_json::Value> {
+        let output = run(self.ipcctl().args(["-o", "json", "segment", "list"]));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        match serde_json::from_slice(&output.stdout) {
+            Ok(serde_json::Value::Array(segments)) => segments,
+            other => panic!("ipcctl printed no JSON array: {other:?}"),
+        }
+    }
+
     /// Open file descriptors of the agent process.
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))

@@ -58,19 +58,8 @@ impl Holder {
     }
 }
 
-/// Every listed segment, as `ipcctl -o json segment list` shows it.
-fn segments(agent: &TestAgent) -> Vec<Value> {
-    let output = run(agent.ipcctl().args(["-o", "json", "segment", "list"]));
-    assert!(output.status.success(), "{}", stderr(&output));
-    serde_json::from_slice::<Value>(&output.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn segment(agent: &TestAgent, id: u64) -> Option<Value> {
-    segments(agent).into_iter().find(|s| s["id"] == id)
+    agent.listed_segments().into_iter().find(|s| s["id"] == id)
 }
 
 fn attachments(agent: &TestAgent, id: u64) -> Option<u64> {

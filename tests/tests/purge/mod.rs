@@ -63,7 +63,11 @@ fn ids(output: &Output) -> Vec<u64> {
 }
 
 fn listed(agent: &TestAgent) -> Vec<u64> {
-    ids(&run(agent.ipcctl().args(["-o", "json", "segment", "list"])))
+    agent
+        .listed_segments()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect()
 }
 
 #[test]

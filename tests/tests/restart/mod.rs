@@ -10,7 +10,6 @@ use ipcplane_proto::v1::{self, grant_request, grant_response};
 use ipcplane_shm::fdpass;
 use ipcplane_shm::memfd;
 use prost::Message;
-use serde_json::Value;
 
 use super::{answer, eventually, hello, raw_connection, request, run, runtime, stderr};
 
@@ -55,16 +54,6 @@ fn reattach(socket: &OwnedFd, id: u64, token: &[u8], fd: &OwnedFd) -> Option<gra
     answer(socket).and_then(|reply| reply.kind)
 }
 
-fn listed(agent: &TestAgent) -> Vec<Value> {
-    let output = run(agent.ipcctl().args(["-o", "json", "segment", "list"]));
-    assert!(output.status.success(), "{}", stderr(&output));
-    serde_json::from_slice::<Value>(&output.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn outcomes(agent: &TestAgent, action: &str) -> Vec<i32> {
     runtime()
         .block_on(agent.audit_events())
@@ -80,7 +69,7 @@ fn after_a_restart_only_the_genuine_memfd_with_its_token_is_adopted() {
     let (id, token, genuine) = create(&connected(&agent), "genuine");
     agent.kill();
     agent.restart();
-    let unclaimed = listed(&agent);
+    let unclaimed = agent.listed_segments();
     assert_eq!(
         (unclaimed[0]["id"].as_u64(), unclaimed[0]["state"].as_str()),
         (Some(id), Some("UNCLAIMED"))
@@ -101,7 +90,7 @@ fn after_a_restart_only_the_genuine_memfd_with_its_token_is_adopted() {
     let read_only = memfd::reopen(genuine.as_fd(), ipcplane_shm::Access::Read).unwrap();
     assert!(refused(reattach(&socket, id, &token, &read_only)));
     assert_eq!(
-        listed(&agent)[0]["state"],
+        agent.listed_segments()[0]["state"],
         "UNCLAIMED",
         "the genuine segment is unaffected"
     );
@@ -110,7 +99,7 @@ fn after_a_restart_only_the_genuine_memfd_with_its_token_is_adopted() {
         Some(grant_response::Kind::Segment(grant)) => assert_eq!(grant.segment.unwrap().id, id),
         other => panic!("the genuine segment was refused: {other:?}"),
     }
-    let adopted = listed(&agent);
+    let adopted = agent.listed_segments();
     assert_eq!(
         (
             adopted[0]["state"].as_str(),
@@ -146,7 +135,9 @@ fn a_segment_nobody_holds_is_lost_at_restart_without_an_fd_store() {
     drop((socket, fd));
     agent.kill();
     agent.restart();
-    eventually("the unheld segment is lost", || listed(&agent).is_empty());
+    eventually("the unheld segment is lost", || {
+        agent.listed_segments().is_empty()
+    });
     let lost: Vec<_> = runtime()
         .block_on(agent.audit_events())
         .into_iter()
