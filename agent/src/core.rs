@@ -854,6 +854,39 @@ impl<M: Clone> Core<M> {
         Ok(self.segments[&id].record.clone())
     }
 
+    /// The memory handle of a live segment.
+    pub fn memory_of(&self, id: SegmentId) -> Option<M> {
+        self.segments.get(&id).and_then(|e| e.memory.clone())
+    }
+
+    /// Adopts a segment's memfd that the service manager kept in its fd
+    /// store across the restart: an unclaimed segment becomes active with
+    /// no holder, if the memfd is its very file, unchanged in size.
+    ///
+    /// # Errors
+    /// NotFound (not an unclaimed segment), PermissionDenied (another file).
+    pub fn adopt_stored(
+        &mut self,
+        id: SegmentId,
+        identity: MemoryIdentity,
+        size_bytes: u64,
+        memory: M,
+    ) -> Result<SegmentRecord, CoreError> {
+        let entry = self
+            .segments
+            .get_mut(&id)
+            .filter(|e| e.record.state == SegmentState::Unclaimed)
+            .ok_or_else(|| CoreError::NotFound(format!("{id} is not waiting to be adopted")))?;
+        if entry.record.memory != identity || entry.record.size_bytes != size_bytes {
+            return Err(CoreError::PermissionDenied(format!(
+                "the stored file is not {id}'s"
+            )));
+        }
+        entry.memory = Some(memory);
+        entry.record.state = SegmentState::Active;
+        Ok(entry.record.clone())
+    }
+
     /// Ends every segment still unclaimed: nobody presented it in time.
     pub fn lose_unclaimed(&mut self) -> Vec<Freed<M>> {
         let lost: Vec<SegmentId> = self

@@ -9,6 +9,7 @@
 //! - [`control`]: the gRPC control API, health and reflection.
 //! - [`audit`]: the SQLite store with group commit.
 //! - [`reaper`]: notices client processes exiting, through their pidfds.
+//! - [`fdstore`]: systemd readiness and fd store, so unheld segments survive.
 //! - [`config`], [`identity`], [`filter`], [`convert`], [`shutdown`]: the rest.
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod convert;
 pub mod core;
+pub mod fdstore;
 pub mod filter;
 pub mod grant;
 pub mod identity;
@@ -46,6 +48,10 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Start-up failures (directories, database, sockets) and server failures.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     raise_fd_limit();
+    // Taken first, before anything could disturb the descriptors passed in.
+    let passed =
+        fdstore::passed_segments().context("taking the segments the service manager kept")?;
+    let fd_store = fdstore::FdStore::from_env().context("connecting to the service manager")?;
     create_dir(&config.runtime_dir, 0o755)?;
     if let Some(parent) = config.database.parent() {
         create_dir(parent, 0o700)?;
@@ -73,8 +79,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Policy::new(&config),
         grant_socket.clone(),
         config.database.clone(),
+        fd_store,
     ));
     let itself = agent.itself.clone();
+    agent.adopt_stored(passed).await;
     audit
         .record(Event::new(
             &itself,
@@ -104,6 +112,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             config.reattach_grace,
             servers_stopping.clone(),
         ));
+    }
+    if let Some(store) = &agent.fd_store
+        && let Err(error) = store.ready()
+    {
+        tracing::warn!(cause = %error, "cannot tell the service manager the agent is ready");
     }
     let mut grant_task = tokio::spawn(grant::serve(
         agent.clone(),

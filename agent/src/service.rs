@@ -14,6 +14,7 @@ use crate::core::{
     Access, Caller, ClientId, Core, CoreError, Deleted, EndReason, Freed, Limits, MemoryIdentity,
     Presented, ProcessIdentity, QuotaView, SegmentId, SegmentRecord, SegmentSpec, Target, Token,
 };
+use crate::fdstore::FdStore;
 use crate::identity::Policy;
 
 /// Segments at least this large are allocated on a blocking thread, so a big
@@ -48,6 +49,8 @@ pub struct Agent {
     pub database: PathBuf,
     /// The agent as the subject of its own audit events.
     pub itself: Caller,
+    /// The service manager's fd store, when running under one.
+    pub fd_store: Option<FdStore>,
 }
 
 impl Agent {
@@ -58,9 +61,11 @@ impl Agent {
         policy: Policy,
         grant_socket: PathBuf,
         database: PathBuf,
+        fd_store: Option<FdStore>,
     ) -> Agent {
         Agent {
             core: Mutex::new(core),
+            fd_store,
             audit,
             policy,
             started: SystemTime::now(),
@@ -153,6 +158,7 @@ impl Agent {
             self.forget(caller, client, id);
             return Err(error.into());
         }
+        self.store(id, &memory);
         Ok((record, memory))
     }
 
@@ -272,6 +278,9 @@ impl Agent {
             let _ = self.core().detach_segment(client, id, SystemTime::now());
             return Err(error.into());
         }
+        if let Some(memory) = self.core().memory_of(id) {
+            self.store(id, &memory);
+        }
         Ok(record)
     }
 
@@ -296,7 +305,7 @@ impl Agent {
                     "",
                 );
                 let mut records = vec![Record::Event(event)];
-                records.extend(freed.into_iter().flat_map(|f| ended(caller, f)));
+                records.extend(freed.into_iter().flat_map(|f| self.ended(caller, f)));
                 Ok(self.audit.commit(records).await?)
             }
             Err(refusal) => Err(self
@@ -317,7 +326,7 @@ impl Agent {
         let deleted = self.core().delete_segment(caller, id);
         let (record, records) = match deleted {
             Ok(Deleted::Freed(freed)) => {
-                release(&freed);
+                self.release(&freed);
                 let record = freed.record;
                 let event = Event::new(
                     caller,
@@ -429,7 +438,7 @@ impl Agent {
                 detail,
             )));
         }
-        records.extend(exit.freed.into_iter().flat_map(|f| ended(caller, f)));
+        records.extend(exit.freed.into_iter().flat_map(|f| self.ended(caller, f)));
         if let Err(error) = self.audit.commit(records).await {
             tracing::error!(cause = %error, client = client.0, "cannot audit a process exit");
         }
@@ -459,9 +468,44 @@ impl Agent {
             orphans.iter().filter_map(|r| core.purge(r.id)).collect()
         };
         let records: Vec<SegmentRecord> = purged.iter().map(|f| f.record.clone()).collect();
-        let audit: Vec<Record> = purged.into_iter().flat_map(|f| ended(caller, f)).collect();
+        let audit: Vec<Record> = purged
+            .into_iter()
+            .flat_map(|f| self.ended(caller, f))
+            .collect();
         self.audit.commit(audit).await?;
         Ok(records)
+    }
+
+    /// Adopts the segment memfds the service manager kept across the restart
+    /// (each checked to be the segment's sealed memfd), auditing each.
+    pub async fn adopt_stored(&self, passed: Vec<(SegmentId, OwnedFd)>) {
+        let mut records = Vec::new();
+        for (id, fd) in passed {
+            let adopted =
+                check_presented(&fd, Access::ReadWrite).and_then(|(identity, size_bytes)| {
+                    self.core()
+                        .adopt_stored(id, identity, size_bytes, Arc::new(fd))
+                });
+            let (outcome, detail) = match adopted {
+                Ok(_) => (
+                    Outcome::Allowed,
+                    "from the service manager's fd store".to_owned(),
+                ),
+                Err(refusal) => (Outcome::Denied, refusal.to_string()),
+            };
+            records.push(Record::Event(Event::new(
+                &self.itself,
+                "segment.restore",
+                id.to_string(),
+                outcome,
+                detail,
+            )));
+        }
+        if !records.is_empty()
+            && let Err(error) = self.audit.commit(records).await
+        {
+            tracing::error!(cause = %error, "cannot audit restored segments");
+        }
     }
 
     /// Ends the segments nobody presented again after a restart.
@@ -472,7 +516,7 @@ impl Agent {
         }
         let records: Vec<Record> = lost
             .into_iter()
-            .flat_map(|f| ended(&self.itself, f))
+            .flat_map(|f| self.ended(&self.itself, f))
             .collect();
         if let Err(error) = self.audit.commit(records).await {
             tracing::error!(cause = %error, "cannot audit lost segments");
@@ -487,7 +531,7 @@ impl Agent {
         }
         let records: Vec<Record> = freed
             .into_iter()
-            .flat_map(|f| ended(&self.itself, f))
+            .flat_map(|f| self.ended(&self.itself, f))
             .collect();
         if let Err(error) = self.audit.commit(records).await {
             tracing::error!(cause = %error, "cannot audit ttl expiry");
@@ -533,6 +577,62 @@ impl Agent {
             return Err(error.into());
         }
         Ok(view)
+    }
+
+    /// Keeps a segment's memfd in the service manager's fd store, if any, so
+    /// it survives an agent restart even with no holder.
+    fn store(&self, id: SegmentId, memory: &Memory) {
+        if let Some(store) = &self.fd_store
+            && let Err(error) = store.store(id, memory.as_fd())
+        {
+            tracing::warn!(cause = %error, segment = id.0, "cannot store a segment in the fd store");
+        }
+    }
+
+    /// Gives a freed segment's memory back to the system now. A process that
+    /// claimed to detach may still hold the memfd; it keeps a valid mapping, but
+    /// the pages charged to its tenant are gone, and anything it touches again is
+    /// charged to its own cgroup, so a quota cannot be bypassed by lying.
+    fn release(&self, freed: &Freed<Memory>) {
+        if let Some(memory) = &freed.memory
+            && let Err(error) = memfd::release_memory(memory.as_fd())
+        {
+            tracing::warn!(cause = %error, segment = freed.record.id.0, "cannot release segment memory");
+        }
+        if let Some(store) = &self.fd_store
+            && freed.memory.is_some()
+            && let Err(error) = store.remove(freed.record.id)
+        {
+            tracing::warn!(cause = %error, segment = freed.record.id.0, "cannot drop a segment from the fd store");
+        }
+    }
+
+    /// The records that end a segment's life (its memory is released first).
+    fn ended(&self, caller: &Caller, freed: Freed<Memory>) -> Vec<Record> {
+        self.release(&freed);
+        let id = freed.record.id;
+        let action = match freed.reason {
+            EndReason::Purged => "segment.purge",
+            EndReason::Lost => "segment.lost",
+            EndReason::Deleted
+            | EndReason::LastDetach
+            | EndReason::OwnerExited
+            | EndReason::TtlExpired => "segment.free",
+        };
+        let event = Event::new(
+            caller,
+            action,
+            id.to_string(),
+            Outcome::Allowed,
+            freed.reason.as_str(),
+        );
+        vec![
+            Record::Event(event),
+            Record::SegmentFreed {
+                id: id.0,
+                at: SystemTime::now(),
+            },
+        ]
     }
 
     /// Audits a refusal and returns it as the error to answer with. If the
@@ -605,46 +705,6 @@ fn identify_memory(memory: &OwnedFd) -> std::io::Result<(MemoryIdentity, Token)>
         ino: stat.st_ino,
     };
     Ok((identity, token))
-}
-
-/// Gives a freed segment's memory back to the system now. A process that
-/// claimed to detach may still hold the memfd; it keeps a valid mapping, but
-/// the pages charged to its tenant are gone, and anything it touches again is
-/// charged to its own cgroup, so a quota cannot be bypassed by lying.
-fn release(freed: &Freed<Memory>) {
-    if let Some(memory) = &freed.memory
-        && let Err(error) = memfd::release_memory(memory.as_fd())
-    {
-        tracing::warn!(cause = %error, segment = freed.record.id.0, "cannot release segment memory");
-    }
-}
-
-/// The records that end a segment's life (its memory is released first).
-fn ended(caller: &Caller, freed: Freed<Memory>) -> Vec<Record> {
-    release(&freed);
-    let id = freed.record.id;
-    let action = match freed.reason {
-        EndReason::Purged => "segment.purge",
-        EndReason::Lost => "segment.lost",
-        EndReason::Deleted
-        | EndReason::LastDetach
-        | EndReason::OwnerExited
-        | EndReason::TtlExpired => "segment.free",
-    };
-    let event = Event::new(
-        caller,
-        action,
-        id.to_string(),
-        Outcome::Allowed,
-        freed.reason.as_str(),
-    );
-    vec![
-        Record::Event(event),
-        Record::SegmentFreed {
-            id: id.0,
-            at: SystemTime::now(),
-        },
-    ]
 }
 
 async fn allocate(record: &SegmentRecord) -> Result<OwnedFd, CreateError> {

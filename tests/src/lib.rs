@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -48,6 +49,8 @@ pub struct TestAgent {
     dir: tempfile::TempDir,
     config: PathBuf,
     child: Option<Child>,
+    /// Extra environment for every start, e.g. `NOTIFY_SOCKET`.
+    env: Vec<(String, PathBuf)>,
 }
 
 impl TestAgent {
@@ -60,6 +63,10 @@ impl TestAgent {
     /// world-traversable and the control socket's group is `nobody`'s, so a
     /// child running as `nobody` can reach both sockets.
     pub fn start_with(config: &str) -> TestAgent {
+        TestAgent::start_inner(config, Vec::new())
+    }
+
+    fn start_inner(config: &str, env: Vec<(String, PathBuf)>) -> TestAgent {
         let dir = tempfile::Builder::new()
             .prefix("ipcplane-e2e")
             .tempdir()
@@ -73,14 +80,37 @@ impl TestAgent {
             dir,
             config: path,
             child: None,
+            env,
         };
-        agent.launch();
+        agent.launch(None);
         agent
     }
 
-    fn launch(&mut self) {
+    /// Starts the agent; `passed` is a descriptor handed to it as a service
+    /// manager would (fd 3, with `LISTEN_PID`, `LISTEN_FDS` and
+    /// `LISTEN_FDNAMES`), through a shell that moves it from stdin.
+    fn launch(&mut self, passed: Option<(OwnedFd, &str)>) {
         let log = std::fs::File::create(self.dir.path().join("agent.log")).expect("agent log");
-        let child = Command::new(workspace_bin("ipcplane-agent"))
+        let mut command = match passed {
+            None => {
+                let mut command = Command::new(workspace_bin("ipcplane-agent"));
+                command.stdin(Stdio::null());
+                command
+            }
+            Some((fd, name)) => {
+                let mut command = Command::new("/bin/sh");
+                command
+                    .arg("-c")
+                    .arg(r#"exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES="$1"; shift; exec "$@""#)
+                    .arg("sh")
+                    .arg(name)
+                    .arg(workspace_bin("ipcplane-agent"))
+                    .stdin(Stdio::from(fd));
+                command
+            }
+        };
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .arg("--runtime-dir")
@@ -88,7 +118,6 @@ impl TestAgent {
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .env("IPCPLANE_LOG", "info")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -251,7 +280,19 @@ impl TestAgent {
     /// Starts the agent again on the same directory (after kill or terminate).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the agent before restarting it");
-        self.launch();
+        self.launch(None);
+    }
+
+    /// Restarts it as systemd would with one stored descriptor named `name`.
+    pub fn restart_with_stored_fd(&mut self, fd: OwnedFd, name: &str) {
+        assert!(self.child.is_none(), "stop the agent before restarting it");
+        self.launch(Some((fd, name)));
+    }
+
+    /// Starts an agent (empty config) with an extra environment variable
+    /// set on every start.
+    pub fn start_with_env(name: &str, value: PathBuf) -> TestAgent {
+        TestAgent::start_inner("", vec![(name.to_owned(), value)])
     }
 
     /// Every audit event (admin view), oldest first, through the gRPC API.

@@ -10,6 +10,7 @@
 //! - [`mapping`]: [`Mapping`](mapping::Mapping), a `MAP_SHARED` mapping of a
 //!   whole sealed memfd with bounds-checked copies in and out.
 //! - [`fdpass`]: one datagram with file descriptors in `SCM_RIGHTS`.
+//! - [`inherit`]: descriptors a service manager passed at exec (`LISTEN_FDS`).
 //! - [`peer`]: the kernel's credentials of a connected UNIX socket's peer, and
 //!   a pidfd of it.
 //!
@@ -59,6 +60,7 @@
 //! ```
 
 pub mod fdpass;
+pub mod inherit;
 pub mod mapping;
 pub mod memfd;
 pub mod peer;

@@ -146,3 +146,69 @@ fn a_segment_nobody_holds_is_lost_at_restart_without_an_fd_store() {
         .collect();
     assert_eq!(lost, [format!("segments/{id}")]);
 }
+
+#[test]
+fn under_systemd_a_segment_nobody_holds_survives_through_the_fd_store() {
+    // This test plays the service manager: it receives the notifications
+    // and keeps the stored memfd, then passes it back at restart.
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    manager.set_read_timeout(Some(super::TIMEOUT)).unwrap();
+    let receive = || {
+        let mut buf = [0u8; 512];
+        let received = fdpass::recv(manager.as_fd(), &mut buf).unwrap();
+        (
+            String::from_utf8_lossy(&buf[..received.len]).into_owned(),
+            received.fds,
+        )
+    };
+    let mut agent = TestAgent::start_with_env("NOTIFY_SOCKET", notify_path.clone());
+    assert_eq!(receive().0, "READY=1\n");
+
+    let client = agent.client();
+    let segment = client
+        .segment_builder()
+        .name("stored")
+        .size(4096)
+        .create()
+        .unwrap();
+    segment.write_at(0, b"kept by the manager").unwrap();
+    let id = segment.id().get();
+    let (message, mut fds) = receive();
+    assert_eq!(message, format!("FDSTORE=1\nFDNAME=segment-{id}\n"));
+    let stored = fds.pop().expect("the memfd rides with FDSTORE");
+    segment.detach().unwrap();
+    drop(client);
+
+    // Nobody holds it now but the manager; the agent dies and comes back.
+    agent.kill();
+    agent.restart_with_stored_fd(stored, &format!("segment-{id}"));
+    assert_eq!(receive().0, "READY=1\n");
+    let listed = agent.listed_segments();
+    assert_eq!(
+        (listed[0]["id"].as_u64(), listed[0]["state"].as_str()),
+        (Some(id), Some("ACTIVE"))
+    );
+    let output = run(agent
+        .peer(super::PEER.as_ref())
+        .args(["open", "stored", "read"]));
+    assert_eq!(
+        super::fields(&output)["data"],
+        "kept by the manager",
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        outcomes(&agent, "segment.restore"),
+        [v1::Outcome::Allowed as i32]
+    );
+
+    // Deleting it drops it from the store as well.
+    let delete = run(agent.ipcctl().args(["segment", "delete", &id.to_string()]));
+    assert!(delete.status.success(), "{}", stderr(&delete));
+    assert_eq!(
+        receive().0,
+        format!("FDSTOREREMOVE=1\nFDNAME=segment-{id}\n")
+    );
+}
