@@ -21,11 +21,12 @@ fn main() -> anyhow::Result<()> {
     let segment = client
         .open_segment(&name, Access::ReadWrite)
         .with_context(|| format!("cannot open segment {name:?}; is the producer running?"))?;
+    let identity = client.identity();
     println!(
         "opened segment {} {name:?} as pid {} of tenant {}",
         segment.id(),
-        client.identity().pid,
-        client.identity().tenant,
+        identity.pid,
+        identity.tenant,
     );
 
     tour::wait_for_state(&segment, READY, "greeting")?;

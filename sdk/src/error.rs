@@ -31,23 +31,30 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// Sending to or receiving from the agent failed.
+    /// Sending to or receiving from the agent failed, or the connection's
+    /// reconnect thread or its pipe could not be created.
     #[error("I/O error on the connection to the ipcplane agent")]
     Io(#[source] io::Error),
-    /// The agent closed the connection (it stopped or restarted).
+    /// The agent went away (it stopped or restarted): it closed the
+    /// connection while the call was in flight, or the client had not
+    /// reconnected within its timeout. The client keeps reconnecting on its
+    /// own (see the [crate docs](crate#agent-restarts)), so a later call may
+    /// succeed; the failed one may or may not have taken effect.
     #[error("the ipcplane agent closed the connection")]
     Disconnected,
     /// The agent did not take the request or did not answer it in time (see
     /// [`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT)). The connection is unusable
     /// afterwards, as after any failure half-way through an exchange: later
-    /// calls return [`Error::Broken`].
+    /// calls return [`Error::Broken`] until the agent closes the connection
+    /// (say, it is restarted) and the client reconnects.
     #[error("the ipcplane agent did not respond within {after:?} (is it hung or overloaded?)")]
     Timeout {
         /// The connection's timeout that expired.
         after: Duration,
     },
     /// An earlier call failed half-way through an exchange, so replies can no
-    /// longer be matched to requests on this connection.
+    /// longer be matched to requests on this connection. The client does not
+    /// reconnect on its own while the agent keeps the connection open.
     #[error(
         "the connection to the ipcplane agent is unusable after an earlier error; connect again"
     )]

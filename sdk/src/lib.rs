@@ -8,9 +8,10 @@
 //! never involve the agent.
 //!
 //! # Layout
-//! - [`Client`]: the connection to the agent; create, open and delete
-//!   segments. [`Identity`] is who the agent says the caller is;
-//!   [`DEFAULT_TIMEOUT`] bounds every wait for the agent.
+//! - [`Client`]: the connection to the agent, re-established on its own
+//!   after an agent restart; create, open and delete segments. [`Identity`]
+//!   is who the agent says the caller is; [`DEFAULT_TIMEOUT`] bounds every
+//!   wait for the agent.
 //! - [`SegmentBuilder`]: options of a segment to create.
 //! - [`Segment`]: a granted, mapped segment; detaches when dropped.
 //!   [`SegmentInfo`], [`SegmentId`], [`SegmentRef`], [`SharingMode`],
@@ -18,8 +19,37 @@
 //! - [`Error`] and [`ProtocolError`]: what can go wrong.
 //! - [`Access`] and [`AccessError`], re-exported from `ipcplane-shm`.
 //!
-//! The SDK emits `tracing` events at debug level and never installs a
-//! subscriber.
+//! # Agent restarts
+//! The agent can crash or be restarted (or upgraded, keeping the grant
+//! protocol version) without disturbing the data path: mapped segments stay
+//! mapped, and peers keep exchanging data through them while no agent runs.
+//!
+//! Each connection (one per [`Client`], shared with its segments) has a
+//! thread, `ipcplane-reconnect`, that notices the agent closing the
+//! connection even while the process makes no calls. It then reconnects
+//! (after 10 ms, doubling up to 1 s between attempts, for as long as the
+//! connection exists), says hello, and re-presents every segment the process
+//! still holds: its id, the secret token the agent issued with the grant, and
+//! the memfd itself, so the restarted agent counts the attachment again. A
+//! segment the agent refuses to adopt stays mapped, but the agent no longer
+//! counts it as attached here: a `warn` event says so, and dropping it does
+//! not detach. A segment dropped while the agent is away is simply not
+//! re-presented.
+//!
+//! A call in flight when the agent goes away fails with
+//! [`Error::Disconnected`] and is not retried, since the agent may have acted
+//! on it (so may a call made in the instant before the thread notices).
+//! Calls made while the client reconnects wait for it (up to the client's
+//! timeout, then fail with [`Error::Disconnected`]) and go to the new agent. [`Client::identity`] follows the latest hello, and
+//! [`Client::reconnects`] counts reconnections.
+//!
+//! The thread holds the connection only while reconnecting; it exits as soon
+//! as the client and all its segments are dropped (at worst, after an
+//! attempt under way, bounded by the timeout, finishes).
+//!
+//! The SDK emits `tracing` events at debug level, except `info` when the
+//! agent goes away and when the client has reconnected, and `warn` when a
+//! segment is not adopted. It never installs a subscriber.
 //!
 //! # Examples
 //! ```no_run
@@ -40,6 +70,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod connection;
 mod error;
 mod segment;
 mod wire;

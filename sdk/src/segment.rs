@@ -3,14 +3,16 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipcplane_proto::v1;
-use ipcplane_shm::Access;
 use ipcplane_shm::mapping::{AccessError, Mapping};
+use ipcplane_shm::{Access, memfd};
 
-use crate::client::Attachment;
+use crate::connection::Attachment;
 use crate::error::{Error, ProtocolError};
+use crate::wire::Grant;
 
 /// Agent-assigned id of a segment, never reused on a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -243,15 +245,44 @@ impl SegmentInfo {
 /// Dropping it unmaps the memory, closes the memfd and detaches from the
 /// agent (best effort; use [`detach`](Self::detach) to see errors).
 ///
+/// It survives agent restarts: the memory stays mapped, and the client
+/// re-presents the segment to the restarted agent (see the [crate
+/// docs](crate#agent-restarts)).
+///
 /// The memory is shared with other processes that may write it at any time:
 /// bytes read from it are untrusted input.
 #[derive(Debug)]
 pub struct Segment {
     info: SegmentInfo,
     // Fields drop in declaration order: unmap and close before detaching.
+    // The connection's registry shares the fd, to re-present it after an
+    // agent restart, and closes it on detaching, before telling the agent.
     mapping: Mapping,
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
     attachment: Attachment,
+}
+
+/// Checks that a grant's fd allows the access granted, maps it and checks
+/// its size against the agent's record.
+pub(crate) fn map_grant(grant: &Grant) -> Result<Mapping, Error> {
+    let found = memfd::access_of(grant.fd.as_fd()).map_err(ProtocolError::FdAccessMode)?;
+    if found != grant.access {
+        return Err(ProtocolError::FdAccess {
+            granted: grant.access,
+            found,
+        }
+        .into());
+    }
+    let mapping = Mapping::map(grant.fd.as_fd(), grant.access).map_err(Error::Map)?;
+    let actual = mapping.len() as u64;
+    if actual != grant.info.size_bytes {
+        return Err(ProtocolError::SizeMismatch {
+            recorded: grant.info.size_bytes,
+            actual,
+        }
+        .into());
+    }
+    Ok(mapping)
 }
 
 impl Segment {
@@ -259,7 +290,7 @@ impl Segment {
     pub(crate) fn new(
         info: SegmentInfo,
         mapping: Mapping,
-        fd: OwnedFd,
+        fd: Arc<OwnedFd>,
         attachment: Attachment,
     ) -> Self {
         Self {

@@ -2,6 +2,7 @@
 //! checking that a reply is well formed, answers the request sent, and has
 //! the kind and file descriptors the request calls for.
 
+use std::fmt;
 use std::os::fd::OwnedFd;
 
 use ipcplane_proto::v1::{GrantRequest, GrantResponse, grant_request, grant_response};
@@ -153,8 +154,28 @@ impl Reply {
         Ok(UncheckedGrant {
             segment,
             access: grant.access,
+            token: Token::from(grant.token),
             fds: self.fds,
         })
+    }
+
+    /// The reply to `ReattachSegment`: a grant of `held` access with no fd,
+    /// since the caller presented the one it holds.
+    pub(crate) fn into_reattached(self, held: Access) -> Result<(), Error> {
+        let grant = match self.kind {
+            grant_response::Kind::Segment(grant) => grant,
+            other => return Err(unexpected("segment grant", other)),
+        };
+        expect_no_fds(&self.fds)?;
+        let granted = access_from_proto(grant.access)?;
+        if granted != held {
+            return Err(ProtocolError::AccessMismatch {
+                requested: held,
+                granted,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// The reply to `DetachSegment` or `DeleteSegment`.
@@ -172,6 +193,7 @@ impl Reply {
 pub(crate) struct UncheckedGrant {
     segment: v1::Segment,
     access: i32,
+    token: Token,
     fds: Vec<OwnedFd>,
 }
 
@@ -180,7 +202,35 @@ pub(crate) struct UncheckedGrant {
 pub(crate) struct Grant {
     pub(crate) info: SegmentInfo,
     pub(crate) access: Access,
+    pub(crate) token: Token,
     pub(crate) fd: OwnedFd,
+}
+
+/// A segment's secret from its grant. With it and the fd, the holder
+/// re-presents the segment to a restarted agent (`ReattachSegment`).
+///
+/// Anyone who has it and the fd can claim an attachment in this process's
+/// name, so its `Debug` shows only its length: it stays out of logs.
+#[derive(PartialEq, Eq)]
+pub(crate) struct Token(Vec<u8>);
+
+impl From<Vec<u8>> for Token {
+    fn from(token: Vec<u8>) -> Self {
+        Self(token)
+    }
+}
+
+impl Token {
+    /// The bytes, for a `ReattachSegment` request.
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token(<{} secret bytes>)", self.0.len())
+    }
 }
 
 impl UncheckedGrant {
@@ -207,7 +257,12 @@ impl UncheckedGrant {
                     expected: 1,
                     found: fds.len(),
                 })?;
-        Ok(Grant { info, access, fd })
+        Ok(Grant {
+            info,
+            access,
+            token: self.token,
+            fd,
+        })
     }
 }
 
@@ -439,6 +494,67 @@ mod tests {
             (grant.info.id, grant.access),
             (SegmentId::new(9), Access::Read)
         );
+        assert_eq!(grant.token.to_vec(), vec![7; 16]);
+    }
+
+    #[test]
+    fn a_token_does_not_show_its_secret_when_debug_printed() {
+        let sut = Token::from(b"hunter2".to_vec());
+
+        assert_eq!(format!("{sut:?}"), "Token(<7 secret bytes>)");
+    }
+
+    #[test]
+    fn into_reattached_accepts_a_grant_of_the_held_access_without_fds() {
+        let sut = reply(segment_grant(v1::Access::ReadWrite), Vec::new());
+
+        sut.into_reattached(Access::ReadWrite).unwrap();
+    }
+
+    #[test]
+    fn into_reattached_refuses_fds_and_other_access() {
+        let with_fd = reply(segment_grant(v1::Access::Read), vec![memfd()])
+            .into_reattached(Access::Read)
+            .unwrap_err();
+        let other_access = reply(segment_grant(v1::Access::Read), Vec::new())
+            .into_reattached(Access::ReadWrite)
+            .unwrap_err();
+
+        assert!(
+            matches!(
+                with_fd,
+                Error::Protocol(ProtocolError::FdCount {
+                    expected: 0,
+                    found: 1
+                })
+            ),
+            "{with_fd:?}"
+        );
+        assert!(
+            matches!(
+                other_access,
+                Error::Protocol(ProtocolError::AccessMismatch {
+                    requested: Access::ReadWrite,
+                    granted: Access::Read
+                })
+            ),
+            "{other_access:?}"
+        );
+    }
+
+    #[test]
+    fn into_reattached_returns_the_agents_refusal() {
+        let refusal = grant_response::Kind::Error(GrantError {
+            code: 7,
+            message: "token does not match".to_owned(),
+            quota: String::new(),
+        });
+
+        let err = reply(refusal, Vec::new())
+            .into_reattached(Access::Read)
+            .unwrap_err();
+
+        assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! - `hold-both <owned> <other>`: create `owned` with an owner lifetime and
 //!   open `other` read-only; hold both likewise.
 //! - `cycle`: create, write, detach and delete a segment, then exit.
+//! - `stream-produce <name>` / `stream-consume <name>`: exchange numbered
+//!   messages through one word each way, in lockstep, until stdin closes;
+//!   print `sent=` / `received=` (the consumer fails on any gap or reorder).
 //! - `delete <id>`: delete a segment.
 //! - `probe <name>`: try what a hostile holder would: map a read-only grant
 //!   writable (`map_rw=`), and shrink and grow a read-write grant
@@ -102,6 +105,46 @@ fn run(args: &[String]) -> Result<(), Error> {
             println!("id={}", owned.id());
             hold_until_stdin_closes((owned, opened));
         }
+        "stream-produce" => {
+            let segment = client.segment_builder().name(arg(1)).size(4096).create()?;
+            println!("id={}", segment.id());
+            let stop = stop_when_stdin_closes();
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let next = sent + 1;
+                segment.write_at(DATA, &next.to_ne_bytes())?;
+                while word(&segment, ACK)? != next {
+                    std::thread::yield_now();
+                }
+                sent = next;
+            }
+            segment.write_at(DATA, &u64::MAX.to_ne_bytes())?;
+            println!("sent={sent}");
+        }
+        "stream-consume" => {
+            let segment = client.open_segment(target(arg(1)), Access::ReadWrite)?;
+            println!("id={}", segment.id());
+            let mut received = 0u64;
+            loop {
+                let value = word(&segment, DATA)?;
+                if value == u64::MAX {
+                    break;
+                }
+                if value == received + 1 {
+                    received = value;
+                    segment.write_at(ACK, &value.to_ne_bytes())?;
+                } else if value != received {
+                    println!("error=out_of_order");
+                    println!(
+                        "message=expected {} or {received}, read {value}",
+                        received + 1
+                    );
+                    std::process::exit(3);
+                }
+                std::thread::yield_now();
+            }
+            println!("received={received}");
+        }
         "cycle" => {
             let segment = client.segment_builder().size(4096).create()?;
             segment.write_at(0, b"cycle")?;
@@ -126,6 +169,28 @@ fn run(args: &[String]) -> Result<(), Error> {
         other => panic!("unknown command {other:?}"),
     }
     Ok(())
+}
+
+/// Offsets of the stream commands' two words: the producer's latest
+/// message number, and the consumer's acknowledgement of it.
+const DATA: usize = 0;
+const ACK: usize = 64;
+
+fn word(segment: &ipcplane::Segment, offset: usize) -> Result<u64, Error> {
+    let mut bytes = [0u8; 8];
+    segment.read_at(offset, &mut bytes)?;
+    Ok(u64::from_ne_bytes(bytes))
+}
+
+/// A flag raised when the test closes our stdin.
+fn stop_when_stdin_closes() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    stop
 }
 
 /// Keeps `segment` mapped (and attached) until the test closes our stdin,

@@ -212,3 +212,91 @@ fn under_systemd_a_segment_nobody_holds_survives_through_the_fd_store() {
         format!("FDSTOREREMOVE=1\nFDNAME=segment-{id}\n")
     );
 }
+
+/// A streaming peer and the id it printed.
+fn streamer(agent: &TestAgent, role: &str) -> (std::process::Child, u64) {
+    let mut child = agent
+        .peer(super::PEER.as_ref())
+        .args([role, "stream"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let id = line
+        .trim()
+        .strip_prefix("id=")
+        .unwrap_or_else(|| panic!("{role}: {line:?}"))
+        .parse()
+        .unwrap();
+    (child, id)
+}
+
+/// The `key=value` lines a finished peer printed after its first line.
+fn finish(mut child: std::process::Child) -> std::collections::BTreeMap<String, String> {
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    super::fields(&output)
+}
+
+#[test]
+fn two_processes_stream_through_twenty_agent_kills_and_every_segment_is_readopted() {
+    const RESTARTS: usize = 20;
+    let mut agent = TestAgent::start();
+    let (producer, id) = streamer(&agent, "stream-produce");
+    let (consumer, opened) = streamer(&agent, "stream-consume");
+    assert_eq!(id, opened);
+    let producer_pid = producer.id();
+
+    for round in 0..RESTARTS {
+        agent.kill();
+        agent.restart();
+        eventually(
+            &format!("both holders present the segment again after restart {round}"),
+            || {
+                agent.listed_segments().iter().any(|s| {
+                    s["id"] == id
+                        && s["state"] == "ACTIVE"
+                        && s["attachment_count"] == 2
+                        && s["owner_pid"] == producer_pid
+                })
+            },
+        );
+    }
+
+    let sent = finish(producer);
+    let received = finish(consumer);
+    assert_eq!(
+        sent["sent"], received["received"],
+        "every message arrived, in order"
+    );
+    assert!(sent["sent"].parse::<u64>().unwrap() > 0);
+
+    let events = runtime().block_on(agent.audit_events());
+    assert!(
+        events.windows(2).all(|pair| pair[0].id < pair[1].id),
+        "the audit log is intact"
+    );
+    let count = |action: &str, outcome: v1::Outcome| {
+        events
+            .iter()
+            .filter(|e| e.action == action && e.outcome == outcome as i32)
+            .count()
+    };
+    assert_eq!(count("agent.start", v1::Outcome::Allowed), RESTARTS + 1);
+    assert_eq!(
+        count("segment.reattach", v1::Outcome::Allowed),
+        2 * RESTARTS
+    );
+    assert_eq!(count("segment.reattach", v1::Outcome::Denied), 0);
+}
