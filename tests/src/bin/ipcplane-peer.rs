@@ -20,6 +20,9 @@
 //!   writable (`map_rw=`), and shrink and grow a read-write grant
 //!   (`shrink=`, `grow=`); print each outcome.
 //!
+//! - `reattach-stdin <id> <token-hex>`: present stdin's fd as segment `id`
+//!   over a raw grant connection; print `outcome=allowed` or `error=<code>`.
+//!
 //! Failures print `error=<kind>` and `message=<text>` and exit 3.
 #![forbid(unsafe_code)]
 
@@ -44,6 +47,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> Result<(), Error> {
+    if args.first().map(String::as_str) == Some("reattach-stdin") {
+        return reattach_stdin(args);
+    }
     let client = Client::connect()?;
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
     match arg(0) {
@@ -167,6 +173,68 @@ fn run(args: &[String]) -> Result<(), Error> {
             println!("grow={}", outcome(grow));
         }
         other => panic!("unknown command {other:?}"),
+    }
+    Ok(())
+}
+
+/// `reattach-stdin <id> <token-hex>`: over a raw grant connection, presents
+/// our stdin (a memfd the test passed) as segment `id`; prints `outcome=`
+/// `allowed`, or the agent's status code as `error=` (e.g. `7`).
+fn reattach_stdin(args: &[String]) -> Result<(), Error> {
+    use ipcplane_proto::v1::{self, grant_request, grant_response};
+    use prost::Message;
+
+    let id = args.get(1).and_then(|id| id.parse().ok()).unwrap_or(0);
+    let token: Vec<u8> = args
+        .get(2)
+        .map(|hex| {
+            (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let path = std::env::var(ipcplane_proto::paths::ENV_GRANT_SOCKET).unwrap_or_default();
+    let socket = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        None,
+    )
+    .map_err(|e| Error::Io(e.into()))?;
+    let address =
+        rustix::net::SocketAddrUnix::new(path.as_str()).map_err(|e| Error::Io(e.into()))?;
+    rustix::net::connect(&socket, &address).map_err(|e| Error::Io(e.into()))?;
+    let exchange = |kind,
+                    fd: Option<std::os::fd::BorrowedFd<'_>>|
+     -> Result<Option<grant_response::Kind>, Error> {
+        let request = v1::GrantRequest {
+            request_id: 1,
+            kind: Some(kind),
+        }
+        .encode_to_vec();
+        let fds: Vec<_> = fd.into_iter().collect();
+        ipcplane_shm::fdpass::send(socket.as_fd(), &request, &fds).map_err(Error::Io)?;
+        let mut buf = vec![0u8; ipcplane_proto::MAX_GRANT_DATAGRAM];
+        let received = ipcplane_shm::fdpass::recv(socket.as_fd(), &mut buf).map_err(Error::Io)?;
+        Ok(v1::GrantResponse::decode(&buf[..received.len])
+            .ok()
+            .and_then(|r| r.kind))
+    };
+    let hello = v1::Hello {
+        protocol_version: ipcplane_proto::GRANT_PROTOCOL_VERSION,
+    };
+    exchange(grant_request::Kind::Hello(hello), None)?;
+    let reattach = v1::ReattachSegment {
+        id,
+        token,
+        access: v1::Access::ReadWrite as i32,
+    };
+    match exchange(
+        grant_request::Kind::ReattachSegment(reattach),
+        Some(std::io::stdin().as_fd()),
+    )? {
+        Some(grant_response::Kind::Segment(_)) => println!("outcome=allowed"),
+        Some(grant_response::Kind::Error(error)) => println!("error={}", error.code),
+        other => println!("error=unexpected {other:?}"),
     }
     Ok(())
 }

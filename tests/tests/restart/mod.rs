@@ -300,3 +300,46 @@ fn two_processes_stream_through_twenty_agent_kills_and_every_segment_is_readopte
     );
     assert_eq!(count("segment.reattach", v1::Outcome::Denied), 0);
 }
+
+#[test]
+fn another_tenant_presenting_a_segment_with_its_token_and_fd_is_refused_and_audited() {
+    use std::os::unix::process::CommandExt;
+    if !ipcplane_e2e::can_switch_uid() {
+        println!(
+            "SKIPPED: needs root to run a child as uid {} (CI runs as root)",
+            ipcplane_e2e::NOBODY
+        );
+        return;
+    }
+    let mut agent = TestAgent::start();
+    let (id, token, genuine) = create(&connected(&agent), "mine");
+    agent.kill();
+    agent.restart();
+    // Even holding the genuine fd and token, another tenant cannot adopt it.
+    let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let output = run(agent
+        .peer(super::PEER.as_ref())
+        .args(["reattach-stdin", &id.to_string(), &hex])
+        .uid(ipcplane_e2e::NOBODY)
+        .gid(ipcplane_e2e::NOBODY)
+        .stdin(genuine.try_clone().unwrap()));
+    assert_eq!(
+        super::fields(&output).get("error").map(String::as_str),
+        Some((tonic::Code::PermissionDenied as i32).to_string().as_str()),
+        "{}",
+        super::stdout(&output)
+    );
+    assert_eq!(agent.listed_segments()[0]["state"], "UNCLAIMED");
+    let denied: Vec<_> = runtime()
+        .block_on(agent.audit_events())
+        .into_iter()
+        .filter(|e| e.action == "segment.reattach" && e.uid == ipcplane_e2e::NOBODY)
+        .map(|e| e.outcome)
+        .collect();
+    assert_eq!(denied, [v1::Outcome::Denied as i32]);
+    // The genuine holder still can.
+    assert!(matches!(
+        reattach(&connected(&agent), id, &token, &genuine),
+        Some(grant_response::Kind::Segment(_))
+    ));
+}

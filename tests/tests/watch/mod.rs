@@ -169,7 +169,7 @@ fn rss_bytes(agent: &TestAgent) -> u64 {
 }
 
 #[test]
-fn ipcctl_watch_prints_a_create_an_open_by_another_process_and_a_delete_live_in_order() {
+fn ipcctl_watch_prints_a_create_an_open_by_another_process_a_delete_and_a_kill_live_in_order() {
     let agent = TestAgent::start();
     let listed = run(agent
         .ipcctl()
@@ -210,6 +210,34 @@ fn ipcctl_watch_prints_a_create_an_open_by_another_process_and_a_delete_live_in_
     segment.detach().unwrap();
     client.delete_segment(id).unwrap();
     let deleted = sut.until("the delete", about("segment.delete"));
+
+    // A holder killed with SIGKILL shows as its exit and its segment's end.
+    let mut holder = agent
+        .peer(PEER.as_ref())
+        .args(["hold", "killed", "4096", "owner"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let killed_pid = u64::from(holder.id());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let exited = sut.until("the killed holder's exit", move |event: &Value| {
+        event["action"] == "client.exit" && event["pid"].as_u64() == Some(killed_pid)
+    });
+    assert_eq!(exited["outcome"], "ALLOWED");
+    sut.until("the killed holder's segment ending", |event: &Value| {
+        event["action"] == "segment.free"
+            && event["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("owner"))
+    });
 
     let ids: Vec<u64> = [&created, &opened, &deleted]
         .iter()
