@@ -206,3 +206,16 @@ fn a_segment_deleted_while_mapped_drains_stays_charged_and_frees_with_its_last_h
     let freed = events(&agent, "segment.free", &format!("segments/{id}"));
     assert_eq!(freed.len(), 1);
 }
+
+#[test]
+fn a_zombie_nobody_has_reaped_counts_as_exited() {
+    let agent = TestAgent::start();
+    let mut holder = Holder::start(&agent, &["hold", "z", "4096", "owner"]);
+    let id = holder.id;
+    // It exits, but this test (its parent) does not reap it yet: a zombie.
+    drop(holder.child.stdin.take());
+    eventually("the zombie's owner segment is freed", || {
+        segment(&agent, id).is_none()
+    });
+    assert!(holder.child.wait().unwrap().success());
+}
