@@ -26,6 +26,27 @@ mod watch;
 pub(crate) const PEER: &str = env!("CARGO_BIN_EXE_ipcplane-peer");
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Starts a helper peer command with its stdin kept open (closing it ends the
+/// peer) and returns it with the id it printed on its first line.
+fn spawn_holding(command: &mut Command) -> (std::process::Child, u64) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let id = line
+        .trim()
+        .strip_prefix("id=")
+        .unwrap_or_else(|| panic!("{command:?} printed {line:?}"))
+        .parse()
+        .unwrap();
+    (child, id)
+}
+
 /// The `key=value` lines a peer printed.
 fn fields(output: &Output) -> BTreeMap<String, String> {
     String::from_utf8_lossy(&output.stdout)

@@ -3,15 +3,14 @@
 //! segments and audits it all; `on_last_detach`, `ttl` and draining segments
 //! end when they should. Real agent, real child processes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use ipcplane_e2e::TestAgent;
 use ipcplane_proto::v1;
 use serde_json::Value;
 
-use super::{PEER, eventually, run, runtime, stderr};
+use super::{PEER, eventually, run, runtime, spawn_holding, stderr};
 
 /// A peer holding segments until it is told to exit or killed.
 struct Holder {
@@ -22,23 +21,7 @@ struct Holder {
 
 impl Holder {
     fn start(agent: &TestAgent, args: &[&str]) -> Holder {
-        let mut child = agent
-            .peer(PEER.as_ref())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let id = line
-            .trim()
-            .strip_prefix("id=")
-            .unwrap_or_else(|| panic!("{args:?} printed {line:?}"))
-            .parse()
-            .unwrap();
+        let (child, id) = spawn_holding(agent.peer(PEER.as_ref()).args(args));
         Holder { child, id }
     }
 

@@ -2,15 +2,14 @@
 //! orphans, `--force` removes them and audits each, and non-admins purge only
 //! their own tenant. Orphan grace is 0 here, so an orphan is one at once.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 
 use ipcplane_e2e::{NOBODY, TestAgent, can_switch_uid};
 use ipcplane_proto::v1;
 use serde_json::Value;
 
-use super::{PEER, eventually, run, runtime, stderr};
+use super::{PEER, eventually, run, runtime, spawn_holding, stderr};
 
 /// Starts a peer that prints the segment id it holds; returns both.
 fn holder(agent: &TestAgent, args: &[&str], as_nobody: bool) -> (Child, u64) {
@@ -18,23 +17,7 @@ fn holder(agent: &TestAgent, args: &[&str], as_nobody: bool) -> (Child, u64) {
     if as_nobody {
         command.uid(NOBODY).gid(NOBODY);
     }
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let id = line
-        .trim()
-        .strip_prefix("id=")
-        .unwrap_or_else(|| panic!("{args:?}: {line:?}"))
-        .parse()
-        .unwrap();
-    (child, id)
+    spawn_holding(command.args(args))
 }
 
 /// Ends a holder normally (it does not detach: the agent notices the exit).

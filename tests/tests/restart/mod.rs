@@ -215,26 +215,7 @@ fn under_systemd_a_segment_nobody_holds_survives_through_the_fd_store() {
 
 /// A streaming peer and the id it printed.
 fn streamer(agent: &TestAgent, role: &str) -> (std::process::Child, u64) {
-    let mut child = agent
-        .peer(super::PEER.as_ref())
-        .args([role, "stream"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let id = line
-        .trim()
-        .strip_prefix("id=")
-        .unwrap_or_else(|| panic!("{role}: {line:?}"))
-        .parse()
-        .unwrap();
-    (child, id)
+    super::spawn_holding(agent.peer(super::PEER.as_ref()).args([role, "stream"]))
 }
 
 /// The `key=value` lines a finished peer printed after its first line.
