@@ -52,14 +52,14 @@ pub struct Cli {
     #[arg(long, env = ENV_CONFIG)]
     pub config: Option<PathBuf>,
     /// Directory for grant.sock and control.sock [default: /run/ipcplane for
-    /// root, else $XDG_RUNTIME_DIR/ipcplane, else /tmp/ipcplane-<uid>].
+    /// root, else $XDG_RUNTIME_DIR/ipcplane, else /tmp/ipcplane-$UID].
     #[arg(long, env = paths::ENV_RUNTIME_DIR)]
     pub runtime_dir: Option<PathBuf>,
     /// Directory for the SQLite database [default: /var/lib/ipcplane for root,
     /// else $XDG_STATE_HOME/ipcplane, else ~/.local/state/ipcplane].
     #[arg(long, env = ENV_STATE_DIR)]
     pub state_dir: Option<PathBuf>,
-    /// SQLite database file [default: <state-dir>/ipcplane.db].
+    /// SQLite database file [default: $STATE_DIR/ipcplane.db].
     #[arg(long, env = ENV_DATABASE)]
     pub database: Option<PathBuf>,
     /// Group (name or numeric gid) given access to control.sock (mode 0660)
