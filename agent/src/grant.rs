@@ -7,7 +7,7 @@
 //! requests before `Hello` are refused. Every fd the agent receives or opens
 //! for a connection is an `OwnedFd`, so nothing leaks when a task ends.
 //!
-//! tokio has no SEQPACKET socket type. [`Readiness`] registers our sockets
+//! tokio has no SEQPACKET socket type. `Readiness` registers our sockets
 //! with the runtime through `UnixDatagram::from_std` (the safe way since
 //! `AsyncFd::new` was deprecated); it is used only for readiness, and every
 //! system call on the socket is ours (`accept4`, `recvmsg`, `sendmsg`).
@@ -298,6 +298,7 @@ impl Connection {
             uid: self.caller.uid,
             gid: self.caller.gid,
             tenant: self.caller.tenant.clone(),
+            agent_instance: self.agent.instance,
         });
         self.send(id, reply, None).await
     }

@@ -73,6 +73,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let control_listener = control::bind(&control_socket, config.control_gid)
         .with_context(|| format!("binding the control socket {}", control_socket.display()))?;
 
+    let instance = service::new_instance().context("choosing the agent's instance number")?;
     let agent = Arc::new(Agent::new(
         core,
         audit.clone(),
@@ -80,6 +81,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         grant_socket.clone(),
         config.database.clone(),
         fd_store,
+        instance,
     ));
     let itself = agent.itself.clone();
     agent.adopt_stored(passed).await;

@@ -51,6 +51,10 @@ pub struct Agent {
     pub itself: Caller,
     /// The service manager's fd store, when running under one.
     pub fd_store: Option<FdStore>,
+    /// This run of the agent, from [`new_instance`], told to each client in
+    /// its hello: a client that reconnects to the same instance knows its
+    /// attachments are still counted and must not present them again.
+    pub instance: u64,
 }
 
 impl Agent {
@@ -62,10 +66,12 @@ impl Agent {
         grant_socket: PathBuf,
         database: PathBuf,
         fd_store: Option<FdStore>,
+        instance: u64,
     ) -> Agent {
         Agent {
             core: Mutex::new(core),
             fd_store,
+            instance,
             audit,
             policy,
             started: SystemTime::now(),
@@ -693,6 +699,18 @@ fn check_presented(fd: &OwnedFd, access: Access) -> Result<(MemoryIdentity, u64)
         ino: stat.st_ino,
     };
     Ok((identity, u64::try_from(stat.st_size).unwrap_or_default()))
+}
+
+/// A number for this run of the agent: random, so that a restarted agent
+/// differs from its predecessor, and never 0, which is what an agent from
+/// before instances sends.
+///
+/// # Errors
+/// The kernel's random source fails.
+pub fn new_instance() -> std::io::Result<u64> {
+    let mut bytes = [0; 8];
+    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())?;
+    Ok(u64::from_ne_bytes(bytes).max(1))
 }
 
 /// The memfd's device and inode, and a fresh secret for re-attaching it.

@@ -132,7 +132,8 @@ impl Client {
     }
 
     /// How many times this client has reconnected to the agent after losing
-    /// it, and re-presented its segments: 0 until the agent first restarts.
+    /// the connection (and re-presented its segments, if the agent had
+    /// restarted): 0 until the connection is first lost.
     pub fn reconnects(&self) -> u64 {
         self.connection.reconnects()
     }

@@ -130,6 +130,9 @@ struct Link {
     /// Set while an exchange is under way and left set if it fails half-way,
     /// after which replies cannot be matched to requests any more.
     broken: bool,
+    /// The instance of the agent at the other end, from its hello: random at
+    /// each agent start, 0 if the agent does not say (or has not yet).
+    agent_instance: u64,
 }
 
 impl Link {
@@ -139,6 +142,7 @@ impl Link {
             socket: Arc::new(socket),
             next_request_id: 1,
             broken: false,
+            agent_instance: 0,
         }
     }
 
@@ -155,7 +159,8 @@ impl Link {
         let hello = grant_request::Kind::Hello(v1::Hello {
             protocol_version: GRANT_PROTOCOL_VERSION,
         });
-        let identity = link.exchange(hello, &[], timeout)?.into_hello()?;
+        let (identity, agent_instance) = link.exchange(hello, &[], timeout)?.into_hello()?;
+        link.agent_instance = agent_instance;
         Ok((link, identity))
     }
 
@@ -234,6 +239,19 @@ struct Held {
     /// the agent granted it. It closes when the segment is dropped, as
     /// releasing the attachment removes this entry.
     fd: Arc<OwnedFd>,
+    /// The instance of the agent that counts this attachment: the one that
+    /// granted it, or the last one that adopted it.
+    counted_by: u64,
+}
+
+impl Held {
+    /// Whether agent instance `agent` counts this attachment already: an
+    /// agent keeps a process's attachments across its connections, and would
+    /// count a re-presented one twice. An agent that does not say its
+    /// instance (0) may have restarted, so it is presented everything.
+    fn is_counted_by(&self, agent: u64) -> bool {
+        agent != 0 && self.counted_by == agent
+    }
 }
 
 impl Attachments {
@@ -251,7 +269,7 @@ impl Attachments {
     }
 
     /// Keeps the attachments for which `keep` is true, oldest first.
-    fn retain(&mut self, mut keep: impl FnMut(&Held) -> bool) {
+    fn retain(&mut self, mut keep: impl FnMut(&mut Held) -> bool) {
         self.held.retain(|_, held| keep(held));
     }
 
@@ -385,11 +403,15 @@ impl Connection {
             }
         };
         let fd = Arc::new(grant.fd);
+        // The agent on the link the grant came over (there, as the call
+        // succeeded) counts the attachment.
+        let counted_by = channel.link.as_ref().map_or(0, |link| link.agent_instance);
         let key = channel.attachments.insert(Held {
             id,
             token: grant.token,
             access: grant.access,
             fd: Arc::clone(&fd),
+            counted_by,
         });
         drop(channel);
         debug!(
@@ -428,31 +450,40 @@ impl Connection {
     }
 
     /// Connects to the agent again, says hello, and re-presents every
-    /// registered attachment; then makes the new link the one calls use and
-    /// returns its socket, for the reconnect thread to watch.
+    /// registered attachment the agent does not count yet; then makes the new
+    /// link the one calls use and returns its socket, for the reconnect thread
+    /// to watch.
+    ///
+    /// An agent counts a process's attachments across its connections for as
+    /// long as it runs: the same agent (one that closed the connection on
+    /// purpose, after a protocol violation) still counts them all, and a
+    /// restarted one those it adopted in an attempt that failed half-way.
+    /// Each attachment remembers the instance of the agent that counts it, so
+    /// none is counted twice.
     ///
     /// Attachments the agent refuses are unregistered (their segments stay
     /// mapped). The channel is locked while re-presenting (not while
     /// connecting), so no attachment is taken or released half-way.
     ///
-    /// An agent that is still up counts a re-presented attachment on top of
-    /// the one it has: so does one that closed the connection on purpose
-    /// (after a protocol violation), or that kept some attachments of an
-    /// attempt that failed half-way. A restarted agent has none to double.
-    ///
     /// # Errors
     /// If connecting, the hello, or an exchange fails; try again later.
     fn reconnect(&self) -> Result<Arc<OwnedFd>, Error> {
         let (mut link, identity) = Link::open(&self.path, self.timeout)?;
+        let agent = link.agent_instance;
         let mut channel = self.channel();
-        let presented = channel.attachments.len();
+        let registered = channel.attachments.len();
+        let mut presented = 0;
         let mut failure = None;
         channel.attachments.retain(|held| {
-            if failure.is_some() {
+            if failure.is_some() || held.is_counted_by(agent) {
                 return true;
             }
+            presented += 1;
             match link.reattach(held, self.timeout) {
-                Ok(Ok(())) => true,
+                Ok(Ok(())) => {
+                    held.counted_by = agent;
+                    true
+                }
                 Ok(Err(refusal)) => {
                     warn!(
                         segment.id = %held.id,
@@ -471,7 +502,7 @@ impl Connection {
         if let Some(err) = failure {
             return Err(err);
         }
-        let adopted = channel.attachments.len();
+        let refused = registered - channel.attachments.len();
         let socket = Arc::clone(&link.socket);
         channel.link = Some(link);
         *self.identity.lock().unwrap_or_else(PoisonError::into_inner) = identity;
@@ -480,8 +511,9 @@ impl Connection {
         self.relinked.notify_all();
         info!(
             path = %self.path.display(),
-            segments.adopted = adopted,
-            segments.refused = presented - adopted,
+            segments.adopted = presented - refused,
+            segments.refused = refused,
+            segments.still_counted = registered - presented,
             "reconnected to the ipcplane agent"
         );
         Ok(socket)
@@ -654,6 +686,10 @@ mod tests {
     const SHORT: Duration = Duration::from_millis(50);
     /// Long enough never to expire in a passing test.
     const LONG: Duration = Duration::from_secs(10);
+    /// The fake agent's instance when a client first connects.
+    const FIRST_RUN: u64 = 1;
+    /// Its instance after it restarted.
+    const RESTARTED: u64 = 2;
 
     fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
         rustix::net::socketpair(
@@ -736,8 +772,9 @@ mod tests {
             Self { path, listener }
         }
 
-        /// Accepts the next connection and answers its hello as `tenant`.
-        fn accept(&self, tenant: &str) -> Peer {
+        /// Accepts the next connection and answers its hello as agent
+        /// `instance`, placing the caller in `tenant`.
+        fn accept(&self, tenant: &str, instance: u64) -> Peer {
             let mut fds = [PollFd::new(&self.listener, PollFlags::IN)];
             let timeout = Timespec::try_from(LONG).unwrap();
             let ready = rustix::event::poll(&mut fds, Some(&timeout)).unwrap();
@@ -756,6 +793,7 @@ mod tests {
                     uid: 2,
                     gid: 3,
                     tenant: tenant.to_owned(),
+                    agent_instance: instance,
                 }),
                 &[],
             );
@@ -766,7 +804,7 @@ mod tests {
         fn client(&self) -> (Arc<Connection>, Peer) {
             thread::scope(|scope| {
                 let client = scope.spawn(|| Connection::open(&self.path, LONG).unwrap());
-                let peer = self.accept("a");
+                let peer = self.accept("a", FIRST_RUN);
                 (client.join().unwrap(), peer)
             })
         }
@@ -815,6 +853,26 @@ mod tests {
             self.reply_done(request_id);
         }
 
+        /// Receives the next request, which must present segment `id`
+        /// through `memfd`, and adopts it.
+        fn adopt(&self, id: u64, memfd: &OwnedFd) {
+            let (request_id, kind, fds) = self.recv();
+            assert!(
+                matches!(kind, grant_request::Kind::ReattachSegment(ref reattach) if reattach.id == id),
+                "{kind:?}"
+            );
+            assert!(same_file(fds[0].as_fd(), memfd.as_fd()));
+            let adopted = v1::SegmentGrant {
+                segment: Some(v1::Segment {
+                    id,
+                    ..v1::Segment::default()
+                }),
+                access: v1::Access::ReadWrite.into(),
+                token: Vec::new(),
+            };
+            self.reply(request_id, grant_response::Kind::Segment(adopted), &[]);
+        }
+
         /// Answers a `CreateSegment` with segment `id` (a fresh memfd, whose
         /// copy it returns) and `token`.
         fn grant_create(&self, id: u64, token: &[u8]) -> OwnedFd {
@@ -853,16 +911,32 @@ mod tests {
             .unwrap()
     }
 
+    /// Has `sut` create a segment that `peer` grants as `id`, with token
+    /// `secret-<id>`; returns it and the memfd granted.
+    fn grant_segment(sut: &Arc<Connection>, peer: &Peer, id: u64) -> (Segment, OwnedFd) {
+        thread::scope(|scope| {
+            let segment = scope.spawn(|| create(sut));
+            let memfd = peer.grant_create(id, format!("secret-{id}").as_bytes());
+            (segment.join().unwrap(), memfd)
+        })
+    }
+
     /// A client holding segment 7 (token `secret-7`) of `agent`, the
     /// agent's end of the connection, and the memfd it granted.
     fn client_with_a_segment(agent: &FakeAgent) -> (Arc<Connection>, Segment, Peer, OwnedFd) {
         let (sut, peer) = agent.client();
-        let (segment, memfd) = thread::scope(|scope| {
-            let segment = scope.spawn(|| create(&sut));
-            let memfd = peer.grant_create(7, b"secret-7");
-            (segment.join().unwrap(), memfd)
-        });
+        let (segment, memfd) = grant_segment(&sut, &peer, 7);
         (sut, segment, peer, memfd)
+    }
+
+    /// Makes a call and checks that it is the first request `peer`
+    /// receives: the client re-presented nothing before it.
+    fn assert_nothing_is_presented_before_the_next_call(sut: &Arc<Connection>, peer: &Peer) {
+        thread::scope(|scope| {
+            let deleted = scope.spawn(|| sut.call(delete(1)));
+            peer.expect_delete(1);
+            deleted.join().unwrap().unwrap();
+        });
     }
 
     fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
@@ -888,6 +962,7 @@ mod tests {
             token: Token::from(b"t".to_vec()),
             access: Access::Read,
             fd: Arc::new(create_sealed("test", 4096).unwrap()),
+            counted_by: FIRST_RUN,
         };
 
         let first = sut.insert(held());
@@ -912,6 +987,7 @@ mod tests {
             token: Token::from(Vec::new()),
             access: Access::Read,
             fd: Arc::clone(&fd),
+            counted_by: FIRST_RUN,
         });
         drop(fd);
 
@@ -1043,7 +1119,7 @@ mod tests {
         let (sut, segment, peer, memfd) = client_with_a_segment(&agent);
 
         drop(peer);
-        let peer = agent.accept("b");
+        let peer = agent.accept("b", RESTARTED);
         let (request_id, kind, fds) = peer.recv();
 
         let grant_request::Kind::ReattachSegment(reattach) = kind else {
@@ -1088,7 +1164,7 @@ mod tests {
         let (sut, segment, peer, _memfd) = client_with_a_segment(&agent);
 
         drop(peer);
-        let peer = agent.accept("a");
+        let peer = agent.accept("a", RESTARTED);
         let (request_id, kind, _) = peer.recv();
         assert!(
             matches!(kind, grant_request::Kind::ReattachSegment(_)),
@@ -1115,6 +1191,68 @@ mod tests {
     }
 
     #[test]
+    fn a_client_re_presents_its_segments_only_to_another_agent_instance() {
+        let agent = FakeAgent::bind("instance");
+        let (sut, _segment, peer, memfd) = client_with_a_segment(&agent);
+
+        // The same agent closes the connection (say, after a protocol
+        // error) and keeps running: it still counts the attachment.
+        drop(peer);
+        let peer = agent.accept("a", FIRST_RUN);
+        assert_nothing_is_presented_before_the_next_call(&sut, &peer);
+        assert_eq!(sut.reconnects(), 1);
+
+        drop(peer);
+        let peer = agent.accept("a", RESTARTED);
+        peer.adopt(7, &memfd);
+        eventually("the client reconnected", || sut.reconnects() == 2);
+
+        // The restarted agent counts it now.
+        drop(peer);
+        let peer = agent.accept("a", RESTARTED);
+        assert_nothing_is_presented_before_the_next_call(&sut, &peer);
+        assert_eq!(sut.reconnects(), 3);
+    }
+
+    #[test]
+    fn an_agent_that_does_not_say_its_instance_is_presented_every_segment_each_time() {
+        let agent = FakeAgent::bind("no-instance");
+        let (sut, _segment, peer, memfd) = client_with_a_segment(&agent);
+
+        drop(peer);
+        let peer = agent.accept("a", 0);
+        peer.adopt(7, &memfd);
+        eventually("the client reconnected", || sut.reconnects() == 1);
+
+        drop(peer);
+        let peer = agent.accept("a", 0);
+        peer.adopt(7, &memfd);
+        eventually("the client reconnected again", || sut.reconnects() == 2);
+    }
+
+    #[test]
+    fn a_segment_adopted_before_a_reconnection_failed_is_not_presented_again() {
+        let agent = FakeAgent::bind("half-way");
+        let (sut, _first, peer, first_memfd) = client_with_a_segment(&agent);
+        let (_second, second_memfd) = grant_segment(&sut, &peer, 8);
+
+        drop(peer);
+        let peer = agent.accept("a", RESTARTED);
+        peer.adopt(7, &first_memfd);
+        let (_, kind, _) = peer.recv();
+        assert!(
+            matches!(kind, grant_request::Kind::ReattachSegment(ref reattach) if reattach.id == 8),
+            "{kind:?}"
+        );
+        // The connection fails before segment 8 is adopted.
+        drop(peer);
+        let peer = agent.accept("a", RESTARTED);
+        peer.adopt(8, &second_memfd);
+        assert_nothing_is_presented_before_the_next_call(&sut, &peer);
+        assert_eq!(sut.reconnects(), 1);
+    }
+
+    #[test]
     fn a_call_in_flight_when_the_agent_dies_fails_and_the_next_one_waits_and_works() {
         let agent = FakeAgent::bind("in-flight");
         let (sut, peer) = agent.client();
@@ -1128,7 +1266,7 @@ mod tests {
             assert!(matches!(err, Error::Disconnected), "{err:?}");
 
             let next = scope.spawn(|| sut.call(delete(2)));
-            let peer = agent.accept("a");
+            let peer = agent.accept("a", RESTARTED);
             peer.expect_delete(2);
             next.join().unwrap().unwrap();
         });
@@ -1142,7 +1280,7 @@ mod tests {
 
         drop(peer);
         drop(segment);
-        let peer = agent.accept("a");
+        let peer = agent.accept("a", RESTARTED);
 
         thread::scope(|scope| {
             let deleted = scope.spawn(|| sut.call(delete(7)));
@@ -1163,7 +1301,7 @@ mod tests {
             let err = in_flight.join().unwrap().unwrap_err();
             assert!(matches!(err, Error::Disconnected), "{err:?}");
         });
-        let _replacement = agent.accept("a");
+        let _replacement = agent.accept("a", FIRST_RUN);
         eventually("the client reconnected", || sut.reconnects() == 1);
         drop(peer);
     }

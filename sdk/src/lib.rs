@@ -30,11 +30,14 @@
 //! (after 10 ms, doubling up to 1 s between attempts, for as long as the
 //! connection exists), says hello, and re-presents every segment the process
 //! still holds: its id, the secret token the agent issued with the grant, and
-//! the memfd itself, so the restarted agent counts the attachment again. A
-//! segment the agent refuses to adopt stays mapped, but the agent no longer
-//! counts it as attached here: a `warn` event says so, and dropping it does
-//! not detach. A segment dropped while the agent is away is simply not
-//! re-presented.
+//! the memfd itself, so the restarted agent counts the attachment again. Only
+//! to a restarted agent, though: the agent picks a random instance number at
+//! each start and says it in each hello, and one that is still the same (it
+//! closed the connection, say after a protocol error) still counts the
+//! process's attachments, so it is presented nothing. A segment the agent
+//! refuses to adopt stays mapped, but the agent no longer counts it as
+//! attached here: a `warn` event says so, and dropping it does not detach. A
+//! segment dropped while the agent is away is simply not re-presented.
 //!
 //! A call in flight when the agent goes away fails with
 //! [`Error::Disconnected`] and is not retried, since the agent may have acted

@@ -122,8 +122,9 @@ fn expect_no_fds(fds: &[OwnedFd]) -> Result<(), ProtocolError> {
 }
 
 impl Reply {
-    /// The reply to `Hello`: who the agent says the caller is.
-    pub(crate) fn into_hello(self) -> Result<Identity, Error> {
+    /// The reply to `Hello`: who the agent says the caller is, and the
+    /// agent's instance (0 from an agent too old to say).
+    pub(crate) fn into_hello(self) -> Result<(Identity, u64), Error> {
         let hello = match self.kind {
             grant_response::Kind::Hello(hello) => hello,
             other => return Err(unexpected("hello", other)),
@@ -135,13 +136,14 @@ impl Reply {
                 agent: hello.protocol_version,
             });
         }
-        Ok(Identity {
+        let identity = Identity {
             pid: hello.pid,
             uid: hello.uid,
             gid: hello.gid,
             tenant: hello.tenant,
             agent_version: hello.agent_version,
-        })
+        };
+        Ok((identity, hello.agent_instance))
     }
 
     /// The reply to `CreateSegment` or `OpenSegment`, not yet validated.
@@ -307,6 +309,7 @@ mod tests {
             uid: 2,
             gid: 3,
             tenant: "uid-2".to_owned(),
+            agent_instance: 42,
         })
     }
 
@@ -413,20 +416,23 @@ mod tests {
     }
 
     #[test]
-    fn into_hello_gives_the_identity() {
+    fn into_hello_gives_the_identity_and_the_agent_instance() {
         let sut = reply(hello(GRANT_PROTOCOL_VERSION), Vec::new())
             .into_hello()
             .unwrap();
 
         assert_eq!(
             sut,
-            Identity {
-                pid: 1,
-                uid: 2,
-                gid: 3,
-                tenant: "uid-2".to_owned(),
-                agent_version: "0.1.0".to_owned(),
-            }
+            (
+                Identity {
+                    pid: 1,
+                    uid: 2,
+                    gid: 3,
+                    tenant: "uid-2".to_owned(),
+                    agent_version: "0.1.0".to_owned(),
+                },
+                42
+            )
         );
     }
 

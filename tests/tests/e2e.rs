@@ -20,6 +20,7 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 mod cli;
 mod lifetimes;
 mod purge;
+mod reconnect;
 mod restart;
 mod watch;
 
