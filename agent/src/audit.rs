@@ -74,6 +74,8 @@ pub enum AuditError {
     Sql(Arc<rusqlite::Error>),
     #[error("audit writer has stopped")]
     WriterGone,
+    #[error("an audit task on a blocking thread failed: {0}")]
+    Blocking(String),
 }
 
 impl From<rusqlite::Error> for AuditError {
@@ -412,7 +414,7 @@ impl AuditLog {
         let store = self.0.clone();
         tokio::task::spawn_blocking(move || read_events(&lock(&store.reader), &query))
             .await
-            .map_err(|_| AuditError::WriterGone)?
+            .map_err(|e| AuditError::Blocking(e.to_string()))?
     }
 
     /// Every event committed from now on, in id order. A receiver that falls
@@ -437,7 +439,7 @@ impl AuditLog {
             Ok(last.map_or(0, from_i64))
         })
         .await
-        .map_err(|_| AuditError::WriterGone)?
+        .map_err(|e| AuditError::Blocking(e.to_string()))?
     }
 
     /// Folds the WAL back into the database file, for a clean stop.

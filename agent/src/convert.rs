@@ -50,6 +50,7 @@ impl From<&ServiceError> for ErrorReply {
             ServiceError::Grant(_) => (Code::Internal, None),
             ServiceError::Audit(audit) => match audit {
                 AuditError::WriterGone => (Code::Unavailable, None),
+                AuditError::Blocking(_) => (Code::Internal, None),
                 AuditError::Open { .. } | AuditError::Migrate { .. } | AuditError::Sql(_) => {
                     (Code::Internal, None)
                 }
