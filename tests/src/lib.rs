@@ -207,9 +207,15 @@ impl TestAgent {
 
     /// A gRPC channel to the control socket.
     pub async fn channel(&self) -> Channel {
+        self.channel_with(Endpoint::from_static("http://localhost"))
+            .await
+    }
+
+    /// A gRPC channel to the control socket with `endpoint`'s settings (its
+    /// address is ignored: the connection is the UNIX socket).
+    pub async fn channel_with(&self, endpoint: Endpoint) -> Channel {
         let path = self.control_socket();
-        Endpoint::try_from("http://[::]:50051")
-            .expect("static uri")
+        endpoint
             .connect_with_connector(tower::service_fn(move |_| {
                 let path = path.clone();
                 async move {

@@ -361,20 +361,10 @@ fn a_slow_watcher_gets_ten_thousand_events_completely_in_order_and_memory_stays_
     let received = runtime().block_on(async {
         // A small flow-control window, so the slow reader pushes back on the
         // agent at once instead of after megabytes of buffering.
-        let path = agent.control_socket();
-        let channel = Endpoint::from_static("http://localhost")
+        let endpoint = Endpoint::from_static("http://localhost")
             .initial_stream_window_size(16 * 1024)
-            .initial_connection_window_size(16 * 1024)
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connect to the control socket");
+            .initial_connection_window_size(16 * 1024);
+        let channel = agent.channel_with(endpoint).await;
         let mut sut = watch(channel, None).await;
         let writers: Vec<_> = (0..WRITERS)
             .map(|_| {
