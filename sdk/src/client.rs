@@ -263,6 +263,7 @@ mod tests {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
     use super::*;
+    use crate::connection::tests::listen_seqpacket;
 
     #[test]
     fn client_and_segment_are_send_and_sync() {
@@ -294,20 +295,7 @@ mod tests {
 
     #[test]
     fn connect_to_with_timeout_gives_up_on_an_agent_that_never_answers() {
-        let path = std::env::temp_dir().join(format!(
-            "ipcplane-sdk-test-{}-silent.sock",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&path);
-        let listener = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
-        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
-        rustix::net::listen(&listener, 1).unwrap();
+        let (path, _listener) = listen_seqpacket("silent", 1);
 
         let result = Client::connect_to_with_timeout(&path, SHORT);
 
@@ -325,20 +313,7 @@ mod tests {
 
     #[test]
     fn connect_to_with_timeout_gives_up_on_an_agent_whose_backlog_is_full() {
-        let path = std::env::temp_dir().join(format!(
-            "ipcplane-sdk-test-{}-full.sock",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&path);
-        let listener = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
-        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
-        rustix::net::listen(&listener, 0).unwrap();
+        let (path, _listener) = listen_seqpacket("full", 0);
         let queued = rustix::net::socket_with(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,

@@ -675,7 +675,7 @@ fn retry_interrupted<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ipcplane_proto::v1::{GrantRequest, GrantResponse, grant_response};
     use ipcplane_shm::memfd::create_sealed;
     use prost::Message;
@@ -753,22 +753,29 @@ mod tests {
         listener: OwnedFd,
     }
 
+    /// A listening SEQPACKET socket at a fresh temporary path (the path is
+    /// returned, for clients to connect to and the test to remove).
+    pub(crate) fn listen_seqpacket(name: &str, backlog: i32) -> (PathBuf, OwnedFd) {
+        let path = std::env::temp_dir().join(format!(
+            "ipcplane-sdk-test-{}-{name}.sock",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&listener, backlog).unwrap();
+        (path, listener)
+    }
+
     impl FakeAgent {
         fn bind(name: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "ipcplane-sdk-test-{}-{name}.sock",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_file(&path);
-            let listener = rustix::net::socket_with(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC,
-                None,
-            )
-            .unwrap();
-            rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
-            rustix::net::listen(&listener, 8).unwrap();
+            let (path, listener) = listen_seqpacket(name, 8);
             Self { path, listener }
         }
 
