@@ -9,6 +9,10 @@
 //!   seals and access mode, release its memory once it is freed.
 //! - [`mapping`]: [`Mapping`](mapping::Mapping), a `MAP_SHARED` mapping of a
 //!   whole sealed memfd with bounds-checked copies in and out.
+//! - [`ring`]: the SPSC ring protocol for variable-size messages over a raw
+//!   region (header, records, wrap markers, cached indices), checking
+//!   everything the peer wrote; no system calls and no waiting yet.
+//! - `sync`: the atomics facade, the single place to switch to loom's atomics.
 //! - [`fdpass`]: one datagram with file descriptors in `SCM_RIGHTS`.
 //! - [`inherit`]: descriptors a service manager passed at exec (`LISTEN_FDS`).
 //! - [`peer`]: the kernel's credentials of a connected UNIX socket's peer, and
@@ -64,6 +68,8 @@ pub mod inherit;
 pub mod mapping;
 pub mod memfd;
 pub mod peer;
+pub mod ring;
+mod sync;
 
 use std::fmt;
 

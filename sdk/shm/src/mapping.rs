@@ -267,7 +267,7 @@ const WORD: usize = size_of::<AtomicUsize>();
 ///   than with atomic operations of [`WORD`] bytes on the same aligned words
 ///   (as [`copy_in`] does). Other processes are outside Rust's memory model:
 ///   what they write just shows up as bytes.
-unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
+pub(crate) unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
     let head_len = (src.addr().wrapping_neg() % WORD).min(dst.len());
     let (head, rest) = dst.split_at_mut(head_len);
     let mut words = rest.chunks_exact_mut(WORD);
@@ -320,7 +320,7 @@ unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
 ///   than with atomic operations of [`WORD`] bytes on the same aligned words
 ///   (as [`copy_out`] and `copy_in` do). Other processes are outside Rust's
 ///   memory model: their accesses just race with these in the hardware.
-unsafe fn copy_in(src: &[u8], dst: *mut u8) {
+pub(crate) unsafe fn copy_in(src: &[u8], dst: *mut u8) {
     let head_len = (dst.addr().wrapping_neg() % WORD).min(src.len());
     let (head, rest) = src.split_at(head_len);
     let mut words = rest.chunks_exact(WORD);
