@@ -369,15 +369,8 @@ pub enum AuditCommand {
 /// `ipcctl audit list`
 #[derive(Debug, Args)]
 pub struct AuditListArgs {
-    /// Only events of this tenant
-    #[arg(long)]
-    pub tenant: Option<String>,
-    /// Only this action, e.g. segment.create, quota.update, client.connect
-    #[arg(long)]
-    pub action: Option<String>,
-    /// Only events with this outcome
-    #[arg(long, value_enum)]
-    pub outcome: Option<OutcomeArg>,
+    #[command(flatten)]
+    pub events: EventFilterArgs,
     /// Only events at or after this time: a duration ago (10m, 2h) or RFC 3339
     #[arg(long, value_name = "TIME", value_parser = units::parse_since)]
     pub since: Option<Since>,
@@ -388,15 +381,8 @@ pub struct AuditListArgs {
 /// `ipcctl watch`
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// Only events of this tenant
-    #[arg(long)]
-    pub tenant: Option<String>,
-    /// Only this action, e.g. segment.create, client.connect
-    #[arg(long)]
-    pub action: Option<String>,
-    /// Only events with this outcome
-    #[arg(long, value_enum)]
-    pub outcome: Option<OutcomeArg>,
+    #[command(flatten)]
+    pub events: EventFilterArgs,
     /// Raw AIP-160 filter, ANDed with the other filter flags (e.g. 'pid = 42')
     #[arg(long, value_name = "EXPR")]
     pub filter: Option<String>,
@@ -404,6 +390,20 @@ pub struct WatchArgs {
     /// go on live with none missed; resume with the last id seen
     #[arg(long, value_name = "N")]
     pub after_id: Option<u64>,
+}
+
+/// The event filter flags `audit list` and `watch` share.
+#[derive(Debug, Args)]
+pub struct EventFilterArgs {
+    /// Only events of this tenant
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only this action, e.g. segment.create, quota.update, client.connect
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only events with this outcome
+    #[arg(long, value_enum)]
+    pub outcome: Option<OutcomeArg>,
 }
 
 /// `--outcome`
@@ -656,7 +656,7 @@ mod tests {
         else {
             panic!("wrong command");
         };
-        assert_eq!(args.outcome, Some(OutcomeArg::Denied));
+        assert_eq!(args.events.outcome, Some(OutcomeArg::Denied));
         assert_eq!(args.since, Some(Since::Ago(Duration::from_secs(600))));
         usage_error(&["audit", "list", "--outcome", "maybe"]);
         usage_error(&["audit", "list", "--since", "last tuesday"]);
@@ -678,8 +678,8 @@ mod tests {
         else {
             panic!("wrong command");
         };
-        assert_eq!(args.tenant.as_deref(), Some("uid-0"));
-        assert_eq!(args.outcome, Some(OutcomeArg::Failed));
+        assert_eq!(args.events.tenant.as_deref(), Some("uid-0"));
+        assert_eq!(args.events.outcome, Some(OutcomeArg::Failed));
         assert_eq!(args.after_id, Some(41));
         usage_error(&["watch", "--after-id", "-1"]);
         let Command::Segment(SegmentCommand::List(args)) =

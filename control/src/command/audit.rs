@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 
 use super::{Filter, fetch_pages};
 use crate::Error;
-use crate::cli::{AuditListArgs, OutcomeArg};
+use crate::cli::{AuditListArgs, EventFilterArgs, OutcomeArg};
 use crate::output::{AuditEventView, Output};
 
 /// `audit list`
@@ -18,7 +18,7 @@ pub(crate) async fn list(
     out: &mut Output<'_>,
 ) -> Result<(), Error> {
     let mut client = AuditServiceClient::new(channel);
-    let filter = filter(args);
+    let filter = filter(&args.events, args.list.filter.as_deref());
     let since = args
         .since
         .as_ref()
@@ -38,17 +38,18 @@ pub(crate) async fn list(
     out.list(&views)
 }
 
-fn filter(args: &AuditListArgs) -> String {
+/// The AIP-160 filter of the event flags, ANDed with a raw `--filter`.
+pub(crate) fn filter(events: &EventFilterArgs, raw: Option<&str>) -> String {
     Filter::default()
-        .string("tenant", args.tenant.as_deref())
-        .string("action", args.action.as_deref())
-        .string("outcome", args.outcome.map(outcome))
-        .raw(args.list.filter.as_deref())
+        .string("tenant", events.tenant.as_deref())
+        .string("action", events.action.as_deref())
+        .string("outcome", events.outcome.map(outcome))
+        .raw(raw)
         .build()
 }
 
 /// `--outcome` as the API spells it in filters.
-pub(crate) fn outcome(outcome: OutcomeArg) -> &'static str {
+fn outcome(outcome: OutcomeArg) -> &'static str {
     match outcome {
         OutcomeArg::Allowed => "ALLOWED",
         OutcomeArg::Denied => "DENIED",
@@ -64,9 +65,11 @@ mod tests {
     #[test]
     fn filter_names_outcomes_as_the_api_does() {
         let args = AuditListArgs {
-            tenant: Some("uid-1000".into()),
-            action: Some("segment.create".into()),
-            outcome: Some(OutcomeArg::Denied),
+            events: EventFilterArgs {
+                tenant: Some("uid-1000".into()),
+                action: Some("segment.create".into()),
+                outcome: Some(OutcomeArg::Denied),
+            },
             since: None,
             list: ListArgs {
                 filter: Some("pid = 42".into()),
@@ -77,7 +80,7 @@ mod tests {
             },
         };
         assert_eq!(
-            filter(&args),
+            filter(&args.events, args.list.filter.as_deref()),
             r#"tenant = "uid-1000" AND action = "segment.create" AND outcome = "DENIED" AND pid = 42"#
         );
     }

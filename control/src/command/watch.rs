@@ -10,8 +10,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-use super::Filter;
-use super::audit::outcome;
 use crate::Error;
 use crate::cli::WatchArgs;
 use crate::output::{AuditEventView, Output};
@@ -25,14 +23,8 @@ pub(crate) struct Events {
 
 /// `watch`: opens the stream its flags ask for.
 pub(crate) async fn open(channel: Channel, args: &WatchArgs) -> Result<Events, Error> {
-    let filter = Filter::default()
-        .string("tenant", args.tenant.as_deref())
-        .string("action", args.action.as_deref())
-        .string("outcome", args.outcome.map(outcome))
-        .raw(args.filter.as_deref())
-        .build();
     let request = WatchEventsRequest {
-        filter,
+        filter: super::audit::filter(&args.events, args.filter.as_deref()),
         after_id: args.after_id,
     };
     start(channel, request, |_| true).await
