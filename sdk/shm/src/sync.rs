@@ -1,12 +1,15 @@
-//! The atomics facade: every atomic type the crate's shared-memory protocols
-//! use comes from here, never from `core::sync::atomic` directly.
+//! The atomics facade: every atomic type the ring protocol uses comes from
+//! here, never from `core::sync::atomic` directly, so that `--cfg loom`
+//! switches it to loom's model-checked atomics (see `tests/loom.rs`).
 //!
-//! This is the single place to switch the crate to loom's model-checked
-//! atomics (`#[cfg(loom)]`) once loom tests of the ring's index protocol are
-//! added. For now it is a plain re-export of std's atomics.
-//!
-//! The atomic word copies of [`mapping`](crate::mapping) stay on std's
-//! `AtomicUsize`: they access bytes of a region by address, which loom cannot
-//! model anyway.
+//! Under loom only the ring's index protocol is modelled: its words are
+//! addressed by index, so a region made of loom's atomics works unchanged,
+//! and its payload copies go through those words. The futex-based
+//! semaphore and event, and the atomic word copies of
+//! [`mapping`](crate::mapping), stay on std's atomics (they touch memory by
+//! address, which loom cannot model) and are not built under loom.
 
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

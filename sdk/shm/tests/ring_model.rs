@@ -5,7 +5,9 @@ mod tests {
     use std::collections::VecDeque;
     use std::ptr::NonNull;
 
-    use ipcplane_shm::ring::{self, Consumer, Producer, RecvError, RingLayout, SendError};
+    use std::time::Duration;
+
+    use ipcplane_shm::ring::{self, Consumer, Producer, RecvError, RingLayout, SendError, Wait};
     use proptest::prelude::*;
 
     /// A heap region holding an initialised ring; 8-byte aligned through `u64`.
@@ -45,6 +47,14 @@ mod tests {
             let consumer = unsafe { Consumer::attach(self.ptr, self.len) }.unwrap();
             (producer, consumer)
         }
+    }
+
+    /// Moves the next message into `buf`, as the model expects.
+    fn recv_vec(consumer: &mut Consumer, buf: &mut Vec<u8>) -> Result<Option<usize>, RecvError> {
+        Ok(consumer.try_recv()?.map(|sample| {
+            *buf = sample.payload().to_vec();
+            buf.len()
+        }))
     }
 
     fn message(seed: u64, len: usize) -> Vec<u8> {
@@ -91,13 +101,16 @@ mod tests {
             // Truncation is intended: a fraction of the largest size.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let max = (largest as f64 * max_fraction) as usize;
-            let layout = RingLayout::new(capacity, max).unwrap();
+            let layout = RingLayout::new(capacity, max, 1).unwrap();
             let heap = Heap::new(layout);
             let (mut producer, mut consumer) = heap.pair();
             // Messages in flight, and the byte positions of the format in the
             // module docs: 8-byte records, a wrap when one does not fit the end.
+            // The consumer publishes its `tail` once capacity / 8 bytes are
+            // pending, or when it finds the ring empty.
             let mut model = VecDeque::new();
-            let (mut head, mut tail) = (0_usize, 0_usize);
+            let (mut head, mut tail, mut published) = (0_usize, 0_usize, 0_usize);
+            let batch = capacity / 8;
             let mut ends = VecDeque::new();
             let mut seed = 0_u64;
             let mut buf = Vec::new();
@@ -111,7 +124,7 @@ mod tests {
                         let size = (len + 15) & !7;
                         let to_end = capacity - head % capacity;
                         let need = if size > to_end { to_end + size } else { size };
-                        let fits = need <= capacity - (head - tail);
+                        let fits = need <= capacity - (head - published);
                         match producer.try_send(&data) {
                             Ok(()) => {
                                 prop_assert!(fits);
@@ -126,20 +139,26 @@ mod tests {
                             Err(SendError::Full) => {
                                 prop_assert!(len <= max && !fits);
                                 // The largest record fits an empty ring, wrap included.
-                                prop_assert!(!model.is_empty());
+                                prop_assert!(!model.is_empty() || published != tail);
                             }
-                            Err(SendError::Corrupted) => prop_assert!(false, "corrupted"),
+                            Err(other) => prop_assert!(false, "{other}"),
                         }
                     }
                     Op::Recv => {
-                        let got = consumer.try_recv(&mut buf);
+                        let got = recv_vec(&mut consumer, &mut buf);
                         match model.pop_front() {
                             Some(want) => {
                                 tail = ends.pop_front().unwrap().0;
+                                if tail - published >= batch {
+                                    published = tail;
+                                }
                                 prop_assert_eq!(got, Ok(Some(want.len())));
                                 prop_assert_eq!(&buf, &want);
                             }
-                            None => prop_assert_eq!(got, Ok(None)),
+                            None => {
+                                published = tail;
+                                prop_assert_eq!(got, Ok(None));
+                            }
                         }
                     }
                     Op::RecvInto(size) => {
@@ -155,26 +174,35 @@ mod tests {
                             Some(_) => {
                                 let want = model.pop_front().unwrap();
                                 tail = ends.pop_front().unwrap().0;
+                                if tail - published >= batch {
+                                    published = tail;
+                                }
                                 prop_assert_eq!(got, Ok(Some(want.len())));
                                 prop_assert_eq!(&into[..want.len()], &want[..]);
                             }
-                            None => prop_assert_eq!(got, Ok(None)),
+                            None => {
+                                published = tail;
+                                prop_assert_eq!(got, Ok(None));
+                            }
                         }
                     }
                 }
             }
             while let Some(want) = model.pop_front() {
-                prop_assert_eq!(consumer.try_recv(&mut buf), Ok(Some(want.len())));
+                prop_assert_eq!(recv_vec(&mut consumer, &mut buf), Ok(Some(want.len())));
                 prop_assert_eq!(&buf, &want);
             }
-            prop_assert_eq!(consumer.try_recv(&mut buf), Ok(None));
+            prop_assert_eq!(recv_vec(&mut consumer, &mut buf), Ok(None));
         }
     }
 
+    /// Long enough for any wait in a test; a hang fails instead of blocking CI.
+    const PATIENCE: Option<Duration> = Some(Duration::from_secs(30));
+
     #[test]
-    fn two_threads_pass_100_000_messages_in_order() {
+    fn two_threads_pass_100_000_messages_in_order_parking_when_idle() {
         const COUNT: u64 = 100_000;
-        let layout = RingLayout::new(4096, 200).unwrap();
+        let layout = RingLayout::new(4096, 200, 1).unwrap();
         let heap = Heap::new(layout);
         let (mut producer, mut consumer) = heap.pair();
         let len_of = |i: u64| usize::try_from(i * 7 % 201).unwrap();
@@ -183,32 +211,63 @@ mod tests {
             scope.spawn(move || {
                 for i in 0..COUNT {
                     let data = message(i, len_of(i));
-                    loop {
-                        match producer.try_send(&data) {
-                            Ok(()) => break,
-                            Err(SendError::Full) => std::thread::yield_now(),
-                            Err(err) => panic!("send {i}: {err}"),
-                        }
-                    }
+                    // Short spins, so both sides park often.
+                    let wait = Wait::SpinThenPark { spins: 8 };
+                    producer.send(&data, wait, PATIENCE).unwrap();
                 }
             });
             scope.spawn(move || {
-                let mut buf = Vec::new();
                 for i in 0..COUNT {
-                    loop {
-                        match consumer.try_recv(&mut buf) {
-                            Ok(Some(len)) => {
-                                assert_eq!(len, len_of(i), "message {i}");
-                                assert_eq!(buf, message(i, len), "message {i}");
-                                break;
-                            }
-                            Ok(None) => std::thread::yield_now(),
-                            Err(err) => panic!("recv {i}: {err}"),
-                        }
-                    }
+                    let sample = consumer
+                        .recv(Wait::SpinThenPark { spins: 8 }, PATIENCE)
+                        .unwrap();
+                    assert_eq!(sample.len(), len_of(i), "message {i}");
+                    assert_eq!(
+                        sample.payload().to_vec(),
+                        message(i, sample.len()),
+                        "message {i}"
+                    );
                 }
-                assert_eq!(consumer.try_recv(&mut buf), Ok(None));
+                assert!(consumer.try_recv().unwrap().is_none());
             });
+        });
+    }
+
+    #[test]
+    fn four_producer_threads_into_one_consumer_keep_per_producer_order() {
+        const PER_PRODUCER: u64 = 25_000;
+        const PRODUCERS: usize = 4;
+        let layout = RingLayout::new(1024, 64, PRODUCERS).unwrap();
+        let heap = Heap::new(layout);
+        // SAFETY: the heap outlives the endpoints (scoped threads below).
+        let mut consumer = unsafe { Consumer::attach(heap.ptr, heap.len) }.unwrap();
+        std::thread::scope(|scope| {
+            for _ in 0..PRODUCERS {
+                let heap = &heap;
+                scope.spawn(move || {
+                    // SAFETY: as above.
+                    let mut producer = unsafe { Producer::attach(heap.ptr, heap.len) }.unwrap();
+                    let lane = producer.lane() as u64;
+                    for i in 0..PER_PRODUCER {
+                        let mut data = (lane << 32 | i).to_le_bytes().to_vec();
+                        data.resize(8 + usize::try_from(i % 57).unwrap(), 0xAB);
+                        producer.send(&data, Wait::PARK, PATIENCE).unwrap();
+                    }
+                });
+            }
+            let mut next = [0_u64; PRODUCERS];
+            for _ in 0..PER_PRODUCER * PRODUCERS as u64 {
+                let sample = consumer.recv(Wait::PARK, PATIENCE).unwrap();
+                let mut word = [0; 8];
+                sample.payload().read_at(0, &mut word).unwrap();
+                let word = u64::from_le_bytes(word);
+                let (lane, i) = (usize::try_from(word >> 32).unwrap(), word & 0xFFFF_FFFF);
+                assert_eq!(lane, sample.lane());
+                assert_eq!(i, next[lane], "lane {lane} out of order");
+                assert_eq!(sample.len(), 8 + usize::try_from(i % 57).unwrap());
+                next[lane] += 1;
+            }
+            assert_eq!(next, [PER_PRODUCER; PRODUCERS]);
         });
     }
 }

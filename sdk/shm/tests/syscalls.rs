@@ -87,4 +87,54 @@ mod tests {
             .collect();
         assert_eq!(sizes, [4096, 8192, 12288, 16384]);
     }
+
+    /// Whether thread `tid` of this process is asleep (state `S`).
+    fn is_sleeping(tid: rustix::thread::Pid) -> bool {
+        let path = format!("/proc/self/task/{}/stat", tid.as_raw_nonzero());
+        let stat = std::fs::read_to_string(path).unwrap();
+        // The state follows the command name, which is in parentheses and may
+        // itself contain spaces or parentheses.
+        let after_comm = &stat[stat.rfind(')').unwrap() + 1..];
+        after_comm.split_whitespace().next() == Some("S")
+    }
+
+    #[test]
+    fn a_release_through_one_mapping_wakes_a_sleeper_on_another() {
+        use std::sync::{Arc, mpsc};
+        use std::thread;
+        use std::time::{Duration, Instant};
+
+        use ipcplane_shm::semaphore::{self, Semaphore};
+
+        // Two mappings of one memfd, at two addresses, as two processes
+        // would have: a private futex (keyed by address) would never wake.
+        let memfd = memfd::create_sealed("semaphore", 4096).unwrap();
+        let first = Mapping::map(memfd.as_fd(), Access::ReadWrite).unwrap();
+        let second = Mapping::map(memfd.as_fd(), Access::ReadWrite).unwrap();
+        assert_ne!(first.as_ptr(), second.as_ptr());
+        semaphore::init_mapping(&first, 0).unwrap();
+        let sleeper_side = Semaphore::from_mapping(Arc::new(first)).unwrap();
+        let releaser_side = Semaphore::from_mapping(Arc::new(second)).unwrap();
+
+        let timeout = Duration::from_secs(10);
+        let (tid_tx, tid) = mpsc::channel();
+        let sleeper = thread::spawn(move || {
+            tid_tx.send(rustix::thread::gettid()).unwrap();
+            let start = Instant::now();
+            let acquired = sleeper_side.acquire(Some(timeout)).is_ok();
+            (acquired, start.elapsed())
+        });
+        let tid = tid.recv().unwrap();
+        // Once registered, the sleeper's only blocking call is the futex
+        // wait, so registered and asleep means asleep in the kernel.
+        while releaser_side.waiters() != 1 || !is_sleeping(tid) {
+            thread::yield_now();
+        }
+        releaser_side.release().unwrap();
+
+        let (acquired, waited) = sleeper.join().unwrap();
+        // A sleeper the wake missed would take the unit only at its timeout.
+        assert!(acquired && waited < timeout, "waited {waited:?}");
+        assert_eq!((releaser_side.value(), releaser_side.waiters()), (0, 0));
+    }
 }
