@@ -36,8 +36,8 @@ use rusqlite::{Connection, OpenFlags, params, params_from_iter};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::core::{
-    Caller, Lifetime, Limits, MemoryIdentity, SegmentId, SegmentRecord, SegmentState, SharingMode,
-    Token,
+    Caller, Layout, Lifetime, Limits, MemoryIdentity, SegmentId, SegmentRecord, SegmentState,
+    SharingMode, Token,
 };
 
 /// Most jobs written in one transaction.
@@ -50,9 +50,10 @@ const LIVE_CAPACITY: usize = 1024;
 
 /// The schema, one step per entry; `PRAGMA user_version` counts the steps
 /// applied. Never edit a step that has shipped: append a new one.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_reattach.sql"),
+    include_str!("../migrations/0003_kinds.sql"),
 ];
 
 /// The audit store failed; the request that needed it is not acknowledged.
@@ -506,7 +507,8 @@ fn restore(conn: &Connection) -> Result<Restored, AuditError> {
 fn restore_segments(conn: &Connection) -> Result<Vec<SegmentRecord>, AuditError> {
     let mut statement = conn.prepare(
         "SELECT id, name, tenant, size_bytes, mode, lifetime, ttl_ms, owner_pid, owner_uid, created_us, \
-         token, dev, ino FROM segments WHERE freed_us IS NULL ORDER BY id",
+         token, dev, ino, kind, ring_capacity_bytes, ring_max_message_bytes, ring_producers, \
+         semaphore_initial_value FROM segments WHERE freed_us IS NULL ORDER BY id",
     )?;
     let rows = statement.query_map([], |row| {
         let ttl_ms = from_i64(row.get(6)?);
@@ -519,6 +521,7 @@ fn restore_segments(conn: &Connection) -> Result<Vec<SegmentRecord>, AuditError>
             size_bytes: from_i64(row.get(3)?),
             mode: SharingMode::parse(&row.get::<_, String>(4)?),
             lifetime: Lifetime::parse(&row.get::<_, String>(5)?, ttl_ms),
+            layout: read_layout(row)?,
             owner_pid: u32::try_from(row.get::<_, i64>(7)?).unwrap_or_default(),
             owner_uid: u32::try_from(row.get::<_, i64>(8)?).unwrap_or_default(),
             state: SegmentState::Unclaimed,
@@ -539,6 +542,28 @@ fn restore_segments(conn: &Connection) -> Result<Vec<SegmentRecord>, AuditError>
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A row's layout from its `kind` and parameter columns (13 to 17). A kind
+/// this build does not know reads as plain: bytes are all it can vouch for.
+fn read_layout(row: &rusqlite::Row<'_>) -> rusqlite::Result<Layout> {
+    let number = |i| {
+        row.get::<_, Option<i64>>(i)
+            .map(|v| from_i64(v.unwrap_or_default()))
+    };
+    let small = |i| number(i).map(|v| u32::try_from(v).unwrap_or(u32::MAX));
+    Ok(match row.get::<_, String>(13)?.as_str() {
+        "ring" => Layout::Ring {
+            capacity_bytes: number(14)?,
+            max_message_bytes: number(15)?,
+            producers: small(16)?,
+        },
+        "semaphore" => Layout::Semaphore {
+            initial_value: small(17)?,
+        },
+        "event" => Layout::Event,
+        _ => Layout::Plain,
+    })
 }
 
 fn read_events(conn: &Connection, query: &EventQuery) -> Result<Vec<StoredEvent>, AuditError> {
@@ -607,9 +632,23 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<u64>, AuditEr
                 ids.push(from_i64(tx.last_insert_rowid()));
             }
             Record::SegmentCreated(s) => {
+                let ring = match s.layout {
+                    Layout::Ring {
+                        capacity_bytes,
+                        max_message_bytes,
+                        producers,
+                    } => Some((capacity_bytes, max_message_bytes, producers)),
+                    _ => None,
+                };
+                let semaphore_initial = match s.layout {
+                    Layout::Semaphore { initial_value } => Some(initial_value),
+                    _ => None,
+                };
                 tx.prepare_cached(
                     "INSERT INTO segments (id, name, tenant, size_bytes, mode, lifetime, ttl_ms, owner_pid, owner_uid, \
-                     created_us, token, dev, ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     created_us, token, dev, ino, kind, ring_capacity_bytes, ring_max_message_bytes, \
+                     ring_producers, semaphore_initial_value) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?
                 .execute(params![
                     to_i64(s.id.0),
@@ -624,7 +663,12 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<u64>, AuditEr
                     micros(s.created),
                     s.token.as_slice(),
                     to_i64(s.memory.dev),
-                    to_i64(s.memory.ino)
+                    to_i64(s.memory.ino),
+                    s.layout.kind_str(),
+                    ring.map(|(capacity, _, _)| to_i64(capacity)),
+                    ring.map(|(_, max_message, _)| to_i64(max_message)),
+                    ring.map(|(_, _, producers)| producers),
+                    semaphore_initial
                 ])?;
             }
             Record::SegmentFreed { id, at } => {
@@ -699,6 +743,7 @@ mod tests {
             size_bytes: 4096,
             mode: SharingMode::ReadWrite,
             lifetime: Lifetime::Ttl { ttl_ms: 5 },
+            layout: Layout::Plain,
             owner_pid: 7,
             owner_uid: 1000,
             state: SegmentState::Active,
@@ -784,6 +829,73 @@ mod tests {
         assert_eq!(
             (events[0].action.as_str(), events[0].outcome, events[0].pid),
             ("segment.create", Outcome::Allowed, 7)
+        );
+    }
+
+    #[tokio::test]
+    async fn each_kind_and_its_parameters_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let (sut, _) = AuditLog::open(&path).unwrap();
+        let layouts = [
+            Layout::Plain,
+            Layout::Ring {
+                capacity_bytes: 1 << 16,
+                max_message_bytes: 1024,
+                producers: 4,
+            },
+            Layout::Semaphore { initial_value: 3 },
+            Layout::Event,
+        ];
+        let created = layouts
+            .iter()
+            .zip(1..)
+            .map(|(&layout, id)| {
+                Record::SegmentCreated(SegmentRecord {
+                    layout,
+                    ..segment(id)
+                })
+            })
+            .collect();
+        sut.commit(created).await.unwrap();
+        drop(sut);
+
+        let (_, restored) = AuditLog::open(&path).unwrap();
+
+        let restored: Vec<Layout> = restored.segments.iter().map(|r| r.layout).collect();
+        assert_eq!(restored, layouts);
+    }
+
+    #[tokio::test]
+    async fn rows_from_before_kinds_are_migrated_as_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..2] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 2).unwrap();
+            tx.execute(
+                "INSERT INTO segments (id, name, tenant, size_bytes, mode, lifetime, ttl_ms, \
+                 owner_pid, owner_uid, created_us) VALUES (5, 'old', 'uid-1000', 4096, \
+                 'read_write', 'persistent', 0, 7, 1000, 0)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+
+        let (_, restored) = AuditLog::open(&path).unwrap();
+
+        assert_eq!(
+            restored
+                .segments
+                .iter()
+                .map(|r| (r.id, r.layout))
+                .collect::<Vec<_>>(),
+            [(SegmentId(5), Layout::Plain)]
         );
     }
 

@@ -20,7 +20,8 @@ use tonic::{Request, Response, Status};
 use crate::audit::{EventQuery, Outcome};
 use crate::convert;
 use crate::core::{
-    Caller, ClientId, CoreError, Limits, SegmentId, SegmentRecord, SegmentSpec, check_tenant_access,
+    Caller, ClientId, CoreError, Layout, Limits, SegmentId, SegmentRecord, SegmentSpec,
+    check_tenant_access,
 };
 use crate::filter::Filter;
 use crate::service::{Agent, ServiceError};
@@ -173,7 +174,8 @@ impl Api {
 }
 
 /// Fields a segment filter may name.
-const SEGMENT_FILTER_FIELDS: [&str; 5] = ["tenant", "name", "owner_pid", "owner_uid", "state"];
+const SEGMENT_FILTER_FIELDS: [&str; 6] =
+    ["tenant", "name", "owner_pid", "owner_uid", "state", "kind"];
 
 /// Whether `record` passes a filter over [`SEGMENT_FILTER_FIELDS`].
 fn segment_matches(filter: &Filter, record: &SegmentRecord) -> bool {
@@ -182,6 +184,7 @@ fn segment_matches(filter: &Filter, record: &SegmentRecord) -> bool {
         && filter.matches_number("owner_pid", record.owner_pid.into())
         && filter.matches_number("owner_uid", record.owner_uid.into())
         && filter.matches("state", convert::state_name(record.state))
+        && filter.matches("kind", convert::kind_name(record.layout))
 }
 
 /// Runs a state-changing operation to the end even if the client goes away:
@@ -371,6 +374,7 @@ impl segment_service_server::SegmentService for Api {
         &self,
         request: Request<CreateSegmentRequest>,
     ) -> Result<Response<v1::Segment>, Status> {
+        use v1::create_segment_request::Layout as Spec;
         let caller = self.caller(&request)?;
         let request = request.into_inner();
         let spec = (|| {
@@ -380,6 +384,12 @@ impl segment_service_server::SegmentService for Api {
                 mode: convert::sharing_mode(request.mode)?,
                 lifetime: convert::lifetime(request.lifetime, request.ttl_ms)?,
                 tenant: Some(request.tenant.clone()).filter(|t| !t.is_empty()),
+                layout: match &request.layout {
+                    None => Layout::Plain,
+                    Some(Spec::Ring(ring)) => convert::ring(ring),
+                    Some(Spec::Semaphore(semaphore)) => convert::semaphore(semaphore),
+                    Some(Spec::Event(_)) => Layout::Event,
+                },
             })
         })();
         let spec = match spec {

@@ -9,7 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::audit::{AuditError, Outcome, StoredEvent};
 use crate::core::{
-    Access, CoreError, Lifetime, QuotaView, SegmentRecord, SegmentState, SharingMode,
+    Access, CoreError, Layout, Lifetime, QuotaView, SegmentRecord, SegmentState, SharingMode,
 };
 use crate::service::ServiceError;
 use ipcplane_shm::memfd::CreateError;
@@ -47,7 +47,7 @@ impl From<&ServiceError> for ErrorReply {
                 | CreateError::Seal(_)
                 | CreateError::Chmod(_) => (Code::Internal, None),
             },
-            ServiceError::Grant(_) => (Code::Internal, None),
+            ServiceError::Grant(_) | ServiceError::Header(_) => (Code::Internal, None),
             ServiceError::Audit(audit) => match audit {
                 AuditError::WriterGone => (Code::Unavailable, None),
                 AuditError::Blocking(_) => (Code::Internal, None),
@@ -145,6 +145,59 @@ pub fn access(raw: i32) -> Result<Access, CoreError> {
     }
 }
 
+/// A ring's layout as asked for (the core checks it and fills in defaults).
+pub fn ring(spec: &v1::RingSpec) -> Layout {
+    Layout::Ring {
+        capacity_bytes: spec.capacity_bytes,
+        max_message_bytes: spec.max_message_bytes,
+        producers: spec.producers,
+    }
+}
+
+/// A semaphore's layout as asked for.
+pub fn semaphore(spec: &v1::SemaphoreSpec) -> Layout {
+    Layout::Semaphore {
+        initial_value: spec.initial_value,
+    }
+}
+
+/// The wire form of a layout: the kind, and the parameters a ring or a
+/// semaphore has.
+pub fn layout(layout: Layout) -> (v1::SegmentKind, Option<v1::segment::Layout>) {
+    match layout {
+        Layout::Plain => (v1::SegmentKind::Plain, None),
+        Layout::Ring {
+            capacity_bytes,
+            max_message_bytes,
+            producers,
+        } => (
+            v1::SegmentKind::Ring,
+            Some(v1::segment::Layout::Ring(v1::RingSpec {
+                capacity_bytes,
+                max_message_bytes,
+                producers,
+            })),
+        ),
+        Layout::Semaphore { initial_value } => (
+            v1::SegmentKind::Semaphore,
+            Some(v1::segment::Layout::Semaphore(v1::SemaphoreSpec {
+                initial_value,
+            })),
+        ),
+        Layout::Event => (v1::SegmentKind::Event, None),
+    }
+}
+
+/// The filterable name of a kind, as in `kind = RING`.
+pub fn kind_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Plain => "PLAIN",
+        Layout::Ring { .. } => "RING",
+        Layout::Semaphore { .. } => "SEMAPHORE",
+        Layout::Event => "EVENT",
+    }
+}
+
 fn unknown_enum(field: &str, raw: i32) -> CoreError {
     CoreError::InvalidArgument(format!("unknown {field} value {raw}"))
 }
@@ -165,6 +218,7 @@ pub fn segment(record: &SegmentRecord) -> v1::Segment {
         Lifetime::Owner => (v1::Lifetime::Owner, 0),
         Lifetime::Ttl { ttl_ms } => (v1::Lifetime::Ttl, ttl_ms),
     };
+    let (kind, layout) = layout(record.layout);
     v1::Segment {
         id: record.id.0,
         name: record.name.clone().unwrap_or_default(),
@@ -182,6 +236,8 @@ pub fn segment(record: &SegmentRecord) -> v1::Segment {
         attachment_count: record.attachments,
         create_time: Some(timestamp(record.created)),
         attach_time: record.attached.map(timestamp),
+        kind: kind as i32,
+        layout,
     }
 }
 

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::SystemTime;
 
+use ipcplane_shm::ring::RingLayout;
+
 /// Longest segment name accepted.
 pub const MAX_NAME_LEN: usize = 255;
 /// Most attachments one segment can have (the counter never wraps).
@@ -137,15 +139,135 @@ pub enum SegmentState {
     Unclaimed,
 }
 
+/// What a segment holds: its kind and the kind's parameters, which fix its
+/// size and the header the agent writes into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Bytes only, no header.
+    Plain,
+    /// A message ring: `producers` lanes of `capacity_bytes` each.
+    Ring {
+        capacity_bytes: u64,
+        max_message_bytes: u64,
+        producers: u32,
+    },
+    /// A counting semaphore.
+    Semaphore { initial_value: u32 },
+    /// A notify-one / notify-all event.
+    Event,
+}
+
+impl Layout {
+    /// The stored and audited spelling of the kind.
+    pub fn kind_str(self) -> &'static str {
+        match self {
+            Layout::Plain => "plain",
+            Layout::Ring { .. } => "ring",
+            Layout::Semaphore { .. } => "semaphore",
+            Layout::Event => "event",
+        }
+    }
+
+    /// The ring's validated layout, for a ring.
+    ///
+    /// # Errors
+    /// InvalidArgument with the reason the ring's parameters are invalid.
+    pub fn ring_layout(self) -> Result<Option<RingLayout>, CoreError> {
+        let Layout::Ring {
+            capacity_bytes,
+            max_message_bytes,
+            producers,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let invalid = |error: ipcplane_shm::ring::LayoutError| {
+            CoreError::InvalidArgument(format!("invalid ring: {error}"))
+        };
+        let too_big = || {
+            invalid(ipcplane_shm::ring::LayoutError::Capacity {
+                capacity: capacity_bytes,
+            })
+        };
+        let capacity = usize::try_from(capacity_bytes).map_err(|_| too_big())?;
+        // A max message size above usize is too large for any capacity.
+        let max_message = usize::try_from(max_message_bytes).unwrap_or(usize::MAX);
+        let lanes = usize::try_from(producers).unwrap_or(usize::MAX);
+        RingLayout::new(capacity, max_message, lanes)
+            .map(Some)
+            .map_err(invalid)
+    }
+
+    /// Fills in the defaults a create request may leave at 0: a ring's
+    /// largest message (the most its capacity allows) and producers (1).
+    #[must_use]
+    pub fn with_defaults(self) -> Layout {
+        match self {
+            Layout::Ring {
+                capacity_bytes,
+                max_message_bytes,
+                producers,
+            } => Layout::Ring {
+                capacity_bytes,
+                max_message_bytes: match max_message_bytes {
+                    0 => usize::try_from(capacity_bytes)
+                        .ok()
+                        .and_then(RingLayout::max_message_for)
+                        .map_or(0, |max| max as u64),
+                    given => given,
+                },
+                producers: producers.max(1),
+            },
+            other => other,
+        }
+    }
+
+    /// The size a segment of this layout takes, `None` for a plain segment
+    /// (whose size the caller chooses).
+    ///
+    /// # Errors
+    /// InvalidArgument for invalid ring parameters.
+    pub fn size_bytes(self) -> Result<Option<u64>, CoreError> {
+        Ok(match self {
+            Layout::Plain => None,
+            Layout::Ring { .. } => self.ring_layout()?.map(|ring| ring.region_bytes() as u64),
+            Layout::Semaphore { .. } => Some(ipcplane_shm::semaphore::HEADER_SIZE as u64),
+            Layout::Event => Some(ipcplane_shm::event::HEADER_SIZE as u64),
+        })
+    }
+}
+
+impl fmt::Display for Layout {
+    /// The audited form: `kind=ring capacity_bytes=4096 ...`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kind={}", self.kind_str())?;
+        match self {
+            Layout::Ring {
+                capacity_bytes,
+                max_message_bytes,
+                producers,
+            } => write!(
+                f,
+                " capacity_bytes={capacity_bytes} max_message_bytes={max_message_bytes} producers={producers}"
+            ),
+            Layout::Semaphore { initial_value } => write!(f, " initial_value={initial_value}"),
+            Layout::Plain | Layout::Event => Ok(()),
+        }
+    }
+}
+
 /// What a caller asks for when creating a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentSpec {
     pub name: Option<String>,
+    /// For a plain segment, its size; for other layouts, 0 or exactly the
+    /// size the layout takes.
     pub size_bytes: u64,
     pub mode: SharingMode,
     pub lifetime: Lifetime,
     /// Tenant to charge; `None` for the caller's own.
     pub tenant: Option<String>,
+    pub layout: Layout,
 }
 
 /// Everything the agent records about a segment.
@@ -157,6 +279,8 @@ pub struct SegmentRecord {
     pub size_bytes: u64,
     pub mode: SharingMode,
     pub lifetime: Lifetime,
+    /// What it holds, with the defaults filled in.
+    pub layout: Layout,
     pub owner_pid: u32,
     pub owner_uid: u32,
     pub state: SegmentState,
@@ -183,6 +307,8 @@ pub struct Presented<'a> {
     pub token: &'a [u8],
     pub identity: MemoryIdentity,
     pub size_bytes: u64,
+    /// Whether a doorbell came with it (only a ring has one).
+    pub doorbell: bool,
 }
 
 /// A segment's re-attachment secret.
@@ -458,11 +584,23 @@ impl<M: Clone> Core<M> {
             }
             None => caller.tenant.clone(),
         };
-        if spec.size_bytes == 0 {
-            return Err(CoreError::InvalidArgument(
-                "size_bytes must be positive".into(),
-            ));
-        }
+        let layout = spec.layout.with_defaults();
+        let size_bytes = match layout.size_bytes()? {
+            None if spec.size_bytes == 0 => {
+                return Err(CoreError::InvalidArgument(
+                    "size_bytes must be positive".into(),
+                ));
+            }
+            None => spec.size_bytes,
+            Some(size) if spec.size_bytes == 0 || spec.size_bytes == size => size,
+            Some(size) => {
+                return Err(CoreError::InvalidArgument(format!(
+                    "a {} takes {size} bytes: leave size_bytes 0 or give exactly that, not {}",
+                    layout.kind_str(),
+                    spec.size_bytes
+                )));
+            }
+        };
         if let Lifetime::Ttl { ttl_ms: 0 } = spec.lifetime {
             return Err(CoreError::InvalidArgument(
                 "ttl_ms must be positive for a ttl lifetime".into(),
@@ -486,14 +624,9 @@ impl<M: Clone> Core<M> {
             requested,
         };
         if let Some(limit) = limits.max_segment_bytes
-            && spec.size_bytes > limit
+            && size_bytes > limit
         {
-            return Err(exceeded(
-                QuotaKind::MaxSegmentBytes,
-                limit,
-                0,
-                spec.size_bytes,
-            ));
+            return Err(exceeded(QuotaKind::MaxSegmentBytes, limit, 0, size_bytes));
         }
         if let Some(limit) = limits.max_segments
             && usage.segments + 1 > limit
@@ -501,13 +634,13 @@ impl<M: Clone> Core<M> {
             return Err(exceeded(QuotaKind::MaxSegments, limit, usage.segments, 1));
         }
         if let Some(limit) = limits.max_bytes
-            && usage.bytes.saturating_add(spec.size_bytes) > limit
+            && usage.bytes.saturating_add(size_bytes) > limit
         {
             return Err(exceeded(
                 QuotaKind::MaxBytes,
                 limit,
                 usage.bytes,
-                spec.size_bytes,
+                size_bytes,
             ));
         }
 
@@ -517,9 +650,10 @@ impl<M: Clone> Core<M> {
             id,
             name: spec.name.clone(),
             tenant: tenant.clone(),
-            size_bytes: spec.size_bytes,
+            size_bytes,
             mode: spec.mode,
             lifetime: spec.lifetime,
+            layout,
             owner_pid: caller.pid,
             owner_uid: caller.uid,
             state: SegmentState::Creating,
@@ -536,7 +670,7 @@ impl<M: Clone> Core<M> {
             self.names.insert((tenant.clone(), name.clone()), id);
         }
         let usage = self.usage.entry(tenant).or_default();
-        usage.bytes += spec.size_bytes;
+        usage.bytes += size_bytes;
         usage.segments += 1;
         self.segments.insert(
             id,
@@ -829,6 +963,12 @@ impl<M: Clone> Core<M> {
             })
             .ok_or_else(|| CoreError::NotFound(format!("{id} not found")))?;
         check_tenant_access(&caller, &entry.record.tenant)?;
+        if presented.doorbell && !matches!(entry.record.layout, Layout::Ring { .. }) {
+            return Err(CoreError::InvalidArgument(format!(
+                "{id} is a {} segment: only a ring's doorbell is presented with it",
+                entry.record.layout.kind_str()
+            )));
+        }
         if !same_token(&entry.record.token, presented.token)
             || entry.record.memory != presented.identity
             || entry.record.size_bytes != presented.size_bytes
@@ -857,6 +997,12 @@ impl<M: Clone> Core<M> {
     /// The memory handle of a live segment.
     pub fn memory_of(&self, id: SegmentId) -> Option<M> {
         self.segments.get(&id).and_then(|e| e.memory.clone())
+    }
+
+    /// The memory handle of a live segment, to change in place (the agent
+    /// adds a ring's doorbell to it).
+    pub fn memory_mut(&mut self, id: SegmentId) -> Option<&mut M> {
+        self.segments.get_mut(&id).and_then(|e| e.memory.as_mut())
     }
 
     /// Adopts a segment's memfd that the service manager kept in its fd
@@ -1242,6 +1388,7 @@ mod tests {
             mode: SharingMode::ReadWrite,
             lifetime: Lifetime::Persistent,
             tenant: None,
+            layout: Layout::Plain,
         }
     }
 
@@ -1700,6 +1847,7 @@ mod tests {
                 token,
                 identity,
                 size_bytes,
+                doorbell: false,
             };
             sut.reattach_segment(who, id, &presented, || Some(()), NOW)
         };
@@ -1884,5 +2032,169 @@ mod tests {
             sut.reserve_segment(&admin(), &bad, None, NOW),
             Err(CoreError::InvalidArgument(_))
         ));
+    }
+
+    fn ring(capacity_bytes: u64, max_message_bytes: u64, producers: u32) -> SegmentSpec {
+        SegmentSpec {
+            layout: Layout::Ring {
+                capacity_bytes,
+                max_message_bytes,
+                producers,
+            },
+            ..spec(Some("ring"), 0)
+        }
+    }
+
+    /// The refusal's message for a spec, which must be InvalidArgument.
+    fn invalid(sut: &mut Core<()>, spec: &SegmentSpec) -> String {
+        match sut.reserve_segment(&caller(1000), spec, None, NOW) {
+            Err(CoreError::InvalidArgument(message)) => message,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ring_takes_the_size_of_its_region_with_defaults_filled_in() {
+        let mut sut = unlimited();
+        let record = sut
+            .reserve_segment(&caller(1000), &ring(4096, 0, 0), None, NOW)
+            .unwrap();
+
+        let expected = RingLayout::new(4096, 4096 / 2 - 8, 1).unwrap();
+        assert_eq!(record.size_bytes, expected.region_bytes() as u64);
+        assert_eq!(
+            record.layout,
+            Layout::Ring {
+                capacity_bytes: 4096,
+                max_message_bytes: 4096 / 2 - 8,
+                producers: 1,
+            }
+        );
+        let four = sut
+            .reserve_segment(
+                &caller(1000),
+                &SegmentSpec {
+                    name: None,
+                    ..ring(1024, 100, 4)
+                },
+                None,
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            four.size_bytes,
+            RingLayout::new(1024, 100, 4).unwrap().region_bytes() as u64
+        );
+    }
+
+    #[test]
+    fn invalid_ring_specs_are_refused_with_the_layout_error() {
+        let mut sut = unlimited();
+
+        assert!(invalid(&mut sut, &ring(1000, 0, 1)).contains("power of two"));
+        assert!(invalid(&mut sut, &ring(8, 0, 1)).contains("capacity 8"));
+        assert!(invalid(&mut sut, &ring(4096, 4096, 1)).contains("max message size 4096"));
+        assert!(invalid(&mut sut, &ring(4096, 0, 65)).contains("1 to 64 lanes"));
+        assert!(invalid(&mut sut, &ring(u64::MAX, 0, 1)).starts_with("invalid ring: "));
+        assert_eq!(
+            sut.quota(&caller(1000), "uid-1000").unwrap().usage,
+            Usage::default()
+        );
+    }
+
+    #[test]
+    fn a_typed_segment_takes_size_zero_or_its_exact_size_only() {
+        let mut sut = unlimited();
+        let size = RingLayout::new(4096, 100, 1).unwrap().region_bytes() as u64;
+        let exact = SegmentSpec {
+            size_bytes: size,
+            ..ring(4096, 100, 1)
+        };
+        assert_eq!(
+            sut.reserve_segment(&caller(1000), &exact, None, NOW)
+                .unwrap()
+                .size_bytes,
+            size
+        );
+        let other = SegmentSpec {
+            name: Some("other".into()),
+            size_bytes: size + 1,
+            ..ring(4096, 100, 1)
+        };
+        assert!(invalid(&mut sut, &other).contains(&format!("a ring takes {size} bytes")));
+
+        for (layout, kind) in [
+            (Layout::Semaphore { initial_value: 3 }, "semaphore"),
+            (Layout::Event, "event"),
+        ] {
+            let record = sut
+                .reserve_segment(
+                    &caller(1000),
+                    &SegmentSpec {
+                        name: Some(kind.into()),
+                        layout,
+                        ..spec(None, 0)
+                    },
+                    None,
+                    NOW,
+                )
+                .unwrap();
+            assert_eq!((record.size_bytes, record.layout), (256, layout));
+            assert_eq!(layout.kind_str(), kind);
+        }
+    }
+
+    #[test]
+    fn quotas_apply_to_the_computed_size_of_a_ring() {
+        let size = RingLayout::new(1 << 20, 0, 1).unwrap().region_bytes() as u64;
+        let mut sut: Core<()> = Core::new(
+            Limits {
+                max_segment_bytes: Some(1 << 20),
+                ..Limits::default()
+            },
+            1,
+        );
+
+        let refused = sut.reserve_segment(&caller(1000), &ring(1 << 20, 0, 1), None, NOW);
+
+        assert_eq!(
+            refused,
+            Err(CoreError::QuotaExceeded {
+                tenant: "uid-1000".into(),
+                quota: QuotaKind::MaxSegmentBytes,
+                limit: 1 << 20,
+                used: 0,
+                requested: size,
+            })
+        );
+        assert!(
+            sut.reserve_segment(&caller(1000), &ring(1 << 19, 0, 1), None, NOW)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn only_a_ring_is_presented_with_a_doorbell() {
+        let mut sut = unlimited();
+        let alice = caller(1000);
+        let holder = connect(&mut sut, alice.clone());
+        let plain = create(&mut sut, &alice, &spec(Some("p"), 4096), Some(holder));
+        let ring_id = create(&mut sut, &alice, &ring(4096, 0, 1), Some(holder));
+        let present = |sut: &mut Core<()>, id| {
+            let record = sut.get_segment(&alice, id).unwrap();
+            let presented = Presented {
+                token: &record.token,
+                identity: record.memory,
+                size_bytes: record.size_bytes,
+                doorbell: true,
+            };
+            sut.reattach_segment(holder, id, &presented, || Some(()), NOW)
+        };
+
+        assert!(matches!(
+            present(&mut sut, plain),
+            Err(CoreError::InvalidArgument(message)) if message.contains("only a ring's doorbell")
+        ));
+        assert!(present(&mut sut, ring_id).is_ok());
     }
 }

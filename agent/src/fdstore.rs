@@ -1,9 +1,10 @@
 //! Running under systemd: readiness (`READY=1`) and the file descriptor
 //! store, so segments survive an agent restart even when no process holds
 //! them. Each live segment's memfd is stored as `FDNAME=segment-<id>`
-//! (`FDSTORE=1`) and removed when the segment ends (`FDSTOREREMOVE=1`); a
-//! restarted agent gets them back as `LISTEN_FDS` and adopts the ones whose
-//! device and inode match its segment table.
+//! (`FDSTORE=1`), a ring's doorbell beside it as `FDNAME=doorbell-<id>`, and
+//! both are removed when the segment ends (`FDSTOREREMOVE=1`); a restarted
+//! agent gets them back as `LISTEN_FDS`, adopts the memfds whose device and
+//! inode match its segment table, and pairs each with its doorbell by id.
 //!
 //! Without `NOTIFY_SOCKET` (not under a service manager) all of this is off.
 //!
@@ -25,6 +26,8 @@ const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
 const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// Stored segment names are this prefix and the id.
 const NAME_PREFIX: &str = "segment-";
+/// A ring's stored doorbell: this prefix and the ring's id.
+const DOORBELL_PREFIX: &str = "doorbell-";
 
 /// A connection to the service manager's notification socket.
 #[derive(Debug)]
@@ -76,15 +79,27 @@ impl FdStore {
         )
     }
 
-    /// Drops a segment's memfd from the store.
+    /// Stores a ring's doorbell with the service manager.
     ///
     /// # Errors
     /// The message cannot be sent.
-    pub fn remove(&self, id: SegmentId) -> io::Result<()> {
+    pub fn store_doorbell(&self, id: SegmentId, doorbell: BorrowedFd<'_>) -> io::Result<()> {
         self.send(
-            &format!("FDSTOREREMOVE=1\nFDNAME={NAME_PREFIX}{}\n", id.0),
-            None,
+            &format!("FDSTORE=1\nFDNAME={DOORBELL_PREFIX}{}\n", id.0),
+            Some(doorbell),
         )
+    }
+
+    /// Drops a segment's memfd, and its doorbell if it has one, from the
+    /// store.
+    ///
+    /// # Errors
+    /// A message cannot be sent.
+    pub fn remove(&self, id: SegmentId) -> io::Result<()> {
+        for prefix in [NAME_PREFIX, DOORBELL_PREFIX] {
+            self.send(&format!("FDSTOREREMOVE=1\nFDNAME={prefix}{}\n", id.0), None)?;
+        }
+        Ok(())
     }
 
     fn send(&self, message: &str, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
@@ -93,12 +108,28 @@ impl FdStore {
     }
 }
 
-/// The segment memfds the service manager passed back at start, by id.
-/// Passed descriptors that are not stored segments are closed.
+/// What the service manager passed back at start.
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// Segment memfds, by id.
+    pub segments: Vec<(SegmentId, OwnedFd)>,
+    /// Rings' doorbells, by the ring's id.
+    pub doorbells: Vec<(SegmentId, OwnedFd)>,
+}
+
+/// What a passed descriptor was stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    Segment(SegmentId),
+    Doorbell(SegmentId),
+}
+
+/// The segment memfds and ring doorbells the service manager passed back at
+/// start. Passed descriptors of other names are closed.
 ///
 /// # Errors
 /// Malformed `LISTEN_*` variables, or passed descriptors that are not open.
-pub fn passed_segments() -> io::Result<Vec<(SegmentId, OwnedFd)>> {
+pub fn passed_segments() -> io::Result<Passed> {
     let var = |name| std::env::var(name).ok();
     let Some(names) = passed_names(
         var(ENV_LISTEN_PID).as_deref(),
@@ -107,25 +138,29 @@ pub fn passed_segments() -> io::Result<Vec<(SegmentId, OwnedFd)>> {
         std::process::id(),
     )?
     else {
-        return Ok(Vec::new());
+        return Ok(Passed::default());
     };
     let fds = ipcplane_shm::inherit::take_passed_fds(names.len())?;
-    Ok(names
-        .into_iter()
-        .zip(fds)
-        .filter_map(|(id, fd)| Some((id?, fd)))
-        .collect())
+    let mut passed = Passed::default();
+    for (name, fd) in names.into_iter().zip(fds) {
+        match name {
+            Some(Stored::Segment(id)) => passed.segments.push((id, fd)),
+            Some(Stored::Doorbell(id)) => passed.doorbells.push((id, fd)),
+            None => {}
+        }
+    }
+    Ok(passed)
 }
 
 /// Reads the `LISTEN_*` variables: `None` unless they are meant for `pid`;
-/// else the segment id each passed descriptor is named for (`None` for a
-/// descriptor of another name).
+/// else what each passed descriptor was stored as (`None` for a descriptor
+/// of another name).
 fn passed_names(
     listen_pid: Option<&str>,
     listen_fds: Option<&str>,
     names: Option<&str>,
     pid: u32,
-) -> io::Result<Option<Vec<Option<SegmentId>>>> {
+) -> io::Result<Option<Vec<Option<Stored>>>> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let (Some(listen_pid), Some(listen_fds)) = (listen_pid, listen_fds) else {
         return Ok(None);
@@ -142,9 +177,14 @@ fn passed_names(
         names
             .into_iter()
             .map(|name| {
-                name.strip_prefix(NAME_PREFIX)
-                    .and_then(|id| id.parse().ok())
-                    .map(SegmentId)
+                let id = |prefix| {
+                    name.strip_prefix(prefix)
+                        .and_then(|id| id.parse().ok())
+                        .map(SegmentId)
+                };
+                id(NAME_PREFIX)
+                    .map(Stored::Segment)
+                    .or_else(|| id(DOORBELL_PREFIX).map(Stored::Doorbell))
             })
             .collect(),
     ))
@@ -161,10 +201,23 @@ mod tests {
     }
 
     #[test]
-    fn names_map_passed_descriptors_to_segments() {
-        let names =
-            passed_names(Some("7"), Some("3"), Some("segment-5:other:segment-x"), 7).unwrap();
-        assert_eq!(names, Some(vec![Some(SegmentId(5)), None, None]));
+    fn names_map_passed_descriptors_to_segments_and_doorbells() {
+        let names = passed_names(
+            Some("7"),
+            Some("4"),
+            Some("segment-5:other:segment-x:doorbell-5"),
+            7,
+        )
+        .unwrap();
+        assert_eq!(
+            names,
+            Some(vec![
+                Some(Stored::Segment(SegmentId(5))),
+                None,
+                None,
+                Some(Stored::Doorbell(SegmentId(5)))
+            ])
+        );
         let unnamed = passed_names(Some("7"), Some("2"), None, 7).unwrap();
         assert_eq!(unnamed, Some(vec![None, None]));
         assert!(passed_names(Some("7"), Some("many"), None, 7).is_err());

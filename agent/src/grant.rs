@@ -30,10 +30,11 @@ use tokio::task::JoinSet;
 use crate::audit::{Event, Outcome};
 use crate::convert;
 use crate::core::{
-    Caller, ClientId, CoreError, ProcessIdentity, SegmentId, SegmentRecord, SegmentSpec, Target,
+    Caller, ClientId, CoreError, Layout, ProcessIdentity, SegmentId, SegmentRecord, SegmentSpec,
+    Target,
 };
 use crate::reaper::Reaper;
-use crate::service::{Agent, ServiceError};
+use crate::service::{Agent, Memory, PresentedFds, ServiceError};
 use crate::shutdown::Shutdown;
 
 /// Connections served at once; more wait in the listen backlog.
@@ -221,19 +222,24 @@ impl Connection {
                         .await;
                 }
             };
-            // Only a re-attachment carries a file descriptor, exactly one.
-            // Any other fd is closed when `received` drops, right here.
+            // Only a re-attachment carries file descriptors: the memfd, and
+            // a ring's doorbell second. Any other fd is closed when
+            // `received` drops, right here.
             let reattach = matches!(request.kind, Some(grant_request::Kind::ReattachSegment(_)));
-            let mut fds = received.fds;
+            let mut fds = received.fds.into_iter();
             let presented = match (reattach, fds.len(), received.fds_truncated) {
                 (false, 0, false) => None,
-                (true, 1, false) => fds.pop(),
+                (true, 1 | 2, false) => fds.next().map(|memfd| PresentedFds {
+                    memfd,
+                    doorbell: fds.next(),
+                }),
                 (false, _, _) => {
                     let message = "file descriptors are not accepted with this request".to_owned();
                     return self.violation(request.request_id, message).await;
                 }
                 (true, _, _) => {
-                    let message = "a re-attachment carries exactly one file descriptor".to_owned();
+                    let message = "a re-attachment carries the memfd and at most a ring's doorbell"
+                        .to_owned();
                     return self.violation(request.request_id, message).await;
                 }
             };
@@ -253,15 +259,15 @@ impl Connection {
                     return self.violation(id, "hello was already done".into()).await;
                 }
                 (Some(kind), Some(client)) => {
-                    let (reply, fd) = match self.operate(client, kind, presented).await {
+                    let (reply, granted) = match self.operate(client, kind, presented).await {
                         Ok(answer) => answer,
                         Err(error) => (
                             grant_response::Kind::Error(v1::GrantError::from(&error)),
                             None,
                         ),
                     };
-                    self.send(id, reply, fd.as_ref().map(|fd| fd.as_fd()))
-                        .await?;
+                    let fds = granted.as_ref().map(Memory::fds).unwrap_or_default();
+                    self.send(id, reply, &fds).await?;
                 }
             }
         }
@@ -283,7 +289,7 @@ impl Connection {
             Ok(registered) => registered,
             Err(error) => {
                 let reply = grant_response::Kind::Error(v1::GrantError::from(&error));
-                return self.send(id, reply, None).await;
+                return self.send(id, reply, &[]).await;
             }
         };
         self.client = Some(client);
@@ -300,16 +306,16 @@ impl Connection {
             tenant: self.caller.tenant.clone(),
             agent_instance: self.agent.instance,
         });
-        self.send(id, reply, None).await
+        self.send(id, reply, &[]).await
     }
 
-    /// Runs one operation; a granted fd is returned beside the reply.
+    /// Runs one operation; granted fds are returned beside the reply.
     async fn operate(
         &self,
         client: ClientId,
         kind: grant_request::Kind,
-        presented: Option<OwnedFd>,
-    ) -> Result<(grant_response::Kind, Option<Arc<OwnedFd>>), ServiceError> {
+        presented: Option<PresentedFds>,
+    ) -> Result<(grant_response::Kind, Option<Memory>), ServiceError> {
         let agent = &self.agent;
         let caller = &self.caller;
         let grant = |record: SegmentRecord, access, fd| {
@@ -357,9 +363,9 @@ impl Connection {
                             .await);
                     }
                 };
-                let fd = presented.expect("a re-attachment carries its fd (checked in run)");
+                let fds = presented.expect("a re-attachment carries its fd (checked in run)");
                 let record = agent
-                    .reattach_segment(caller, client, id, &reattach.token, access, fd)
+                    .reattach_segment(caller, client, id, &reattach.token, access, fds)
                     .await?;
                 Ok(grant(record, access, None))
             }
@@ -397,7 +403,7 @@ impl Connection {
             quota: String::new(),
         });
         // The peer may already be gone; the connection ends either way.
-        let _ = self.send(id, reply, None).await;
+        let _ = self.send(id, reply, &[]).await;
         Err(io::Error::new(
             io::ErrorKind::ConnectionAborted,
             "protocol violation",
@@ -408,16 +414,15 @@ impl Connection {
         &self,
         request_id: u64,
         kind: grant_response::Kind,
-        fd: Option<std::os::fd::BorrowedFd<'_>>,
+        fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> io::Result<()> {
         let bytes = v1::GrantResponse {
             request_id,
             kind: Some(kind),
         }
         .encode_to_vec();
-        let fds: Vec<_> = fd.into_iter().collect();
         self.socket
-            .io(Interest::WRITABLE, |s| fdpass::send(s, &bytes, &fds))
+            .io(Interest::WRITABLE, |s| fdpass::send(s, &bytes, fds))
             .await
     }
 }
@@ -510,12 +515,19 @@ fn pidfd_pid(pidfd: &OwnedFd) -> io::Result<Option<u32>> {
 }
 
 fn create_spec(create: &v1::CreateSegment) -> Result<SegmentSpec, CoreError> {
+    use v1::create_segment::Layout as Spec;
     Ok(SegmentSpec {
         name: Some(create.name.clone()).filter(|n| !n.is_empty()),
         size_bytes: create.size_bytes,
         mode: convert::sharing_mode(create.mode)?,
         lifetime: convert::lifetime(create.lifetime, create.ttl_ms)?,
         tenant: None,
+        layout: match &create.layout {
+            None => Layout::Plain,
+            Some(Spec::Ring(ring)) => convert::ring(ring),
+            Some(Spec::Semaphore(semaphore)) => convert::semaphore(semaphore),
+            Some(Spec::Event(_)) => Layout::Event,
+        },
     })
 }
 

@@ -2,27 +2,58 @@
 //! I/O the core decided on (memfds), writes the audit records, and only then
 //! returns, so a reply always follows its commit.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
+use ipcplane_shm::mapping::Mapping;
 use ipcplane_shm::memfd::{self, CreateError};
 
 use crate::audit::{AuditError, AuditLog, Event, Outcome, Record};
 use crate::core::{
-    Access, Caller, ClientId, Core, CoreError, Deleted, EndReason, Freed, Limits, MemoryIdentity,
-    Presented, ProcessIdentity, QuotaView, SegmentId, SegmentRecord, SegmentSpec, Target, Token,
+    Access, Caller, ClientId, Core, CoreError, Deleted, EndReason, Freed, Layout, Limits,
+    MemoryIdentity, Presented, ProcessIdentity, QuotaView, SegmentId, SegmentRecord, SegmentSpec,
+    Target, Token,
 };
-use crate::fdstore::FdStore;
+use crate::fdstore::{FdStore, Passed};
 use crate::identity::Policy;
 
 /// Segments at least this large are allocated on a blocking thread, so a big
 /// fallocate does not stall other requests.
 const BLOCKING_ALLOCATION_BYTES: u64 = 64 << 20;
 
-/// The memory the core stores with each segment: the agent's own memfd.
-pub type Memory = Arc<OwnedFd>;
+/// What the core stores with each segment, and what a grant sends: the
+/// segment's memfd and, for a ring, its doorbell.
+#[derive(Debug, Clone)]
+pub struct Memory {
+    /// The agent's own read-write memfd (in a grant, one of the access
+    /// granted).
+    pub memfd: Arc<OwnedFd>,
+    /// A ring's eventfd, which its producers write when the consumer waits
+    /// on it. `None` for other kinds, and for a ring restored after a
+    /// restart until a holder presents its doorbell (or one is made for
+    /// the next grant).
+    pub doorbell: Option<Arc<OwnedFd>>,
+}
+
+/// The fds a holder presents to re-attach a segment.
+#[derive(Debug)]
+pub struct PresentedFds {
+    /// The segment's memfd.
+    pub memfd: OwnedFd,
+    /// A ring's doorbell, if the holder has it.
+    pub doorbell: Option<OwnedFd>,
+}
+
+impl Memory {
+    /// The fds a grant carries, memfd first.
+    pub fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        std::iter::once(self.memfd.as_fd())
+            .chain(self.doorbell.as_deref().map(AsFd::as_fd))
+            .collect()
+    }
+}
 
 /// Why an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +64,8 @@ pub enum ServiceError {
     Memory(#[from] CreateError),
     #[error("cannot grant access: {0}")]
     Grant(std::io::Error),
+    #[error("cannot write the segment's header: {0}")]
+    Header(String),
     #[error("{0}")]
     Audit(#[from] AuditError),
 }
@@ -121,7 +154,7 @@ impl Agent {
         };
         let id = reserved.id;
         let memory = match allocate(&reserved).await {
-            Ok(fd) => Arc::new(fd),
+            Ok(memory) => memory,
             Err(error) => {
                 self.core().abandon_segment(id);
                 let event = Event::new(
@@ -132,10 +165,10 @@ impl Agent {
                     error.to_string(),
                 );
                 self.audit.record(event).await?;
-                return Err(error.into());
+                return Err(error);
             }
         };
-        let (identity, token) = match identify_memory(&memory) {
+        let (identity, token) = match identify_memory(&memory.memfd) {
             Ok(identity) => identity,
             Err(error) => {
                 self.core().abandon_segment(id);
@@ -195,10 +228,20 @@ impl Agent {
                     .await);
             }
         };
-        let granted = match access {
-            Access::ReadWrite => Ok(memory),
-            Access::Read => memfd::reopen(memory.as_fd(), ipcplane_shm::Access::Read).map(Arc::new),
+        let doorbell = match record.layout {
+            Layout::Ring { .. } => self.ring_doorbell(record.id).map(Some),
+            _ => Ok(None),
         };
+        let granted = doorbell.and_then(|doorbell| {
+            let memfd = match access {
+                Access::ReadWrite => memory.memfd,
+                Access::Read => Arc::new(memfd::reopen(
+                    memory.memfd.as_fd(),
+                    ipcplane_shm::Access::Read,
+                )?),
+            };
+            Ok((memfd, doorbell))
+        });
         let granted = match granted {
             Ok(granted) => granted,
             Err(error) => {
@@ -216,7 +259,11 @@ impl Agent {
                 return Err(ServiceError::Grant(error));
             }
         };
-        let detail = format!("access={}", access_name(access));
+        let (memfd, doorbell) = granted;
+        let mut detail = format!("access={}", access_name(access));
+        if let Some((_, true)) = doorbell {
+            detail.push_str(" doorbell=created");
+        }
         let event = Event::new(
             caller,
             "segment.open",
@@ -230,12 +277,15 @@ impl Agent {
                 .detach_segment(client, record.id, SystemTime::now());
             return Err(error.into());
         }
-        Ok((record, granted))
+        let doorbell = doorbell.map(|(doorbell, _)| doorbell);
+        Ok((record, Memory { memfd, doorbell }))
     }
 
     /// A holder presents a segment again (after an agent restart): checks
     /// the fd (size, seals, access mode) and lets the core check the token
-    /// and that it is the very memfd; an unclaimed segment adopts it.
+    /// and that it is the very memfd; an unclaimed segment adopts it. A
+    /// ring's `doorbell` is adopted if the ring has none yet and it is an
+    /// eventfd (else ignored, and audited so).
     ///
     /// # Errors
     /// Refusals from the core or of the fd, audit failures.
@@ -246,20 +296,31 @@ impl Agent {
         id: SegmentId,
         token: &[u8],
         access: Access,
-        fd: OwnedFd,
+        fds: PresentedFds,
     ) -> Result<SegmentRecord, ServiceError> {
+        let PresentedFds {
+            memfd: fd,
+            doorbell,
+        } = fds;
         let checked = check_presented(&fd, access);
         let reattached = checked.and_then(|(identity, size_bytes)| {
-            let memory = || match memfd::access_of(fd.as_fd()) {
-                Ok(ipcplane_shm::Access::ReadWrite) => Some(Arc::new(fd)),
-                _ => memfd::reopen(fd.as_fd(), ipcplane_shm::Access::ReadWrite)
-                    .ok()
-                    .map(Arc::new),
+            let memory = || {
+                let memfd = match memfd::access_of(fd.as_fd()) {
+                    Ok(ipcplane_shm::Access::ReadWrite) => Some(Arc::new(fd)),
+                    _ => memfd::reopen(fd.as_fd(), ipcplane_shm::Access::ReadWrite)
+                        .ok()
+                        .map(Arc::new),
+                };
+                memfd.map(|memfd| Memory {
+                    memfd,
+                    doorbell: None,
+                })
             };
             let presented = Presented {
                 token,
                 identity,
                 size_bytes,
+                doorbell: doorbell.is_some(),
             };
             self.core()
                 .reattach_segment(client, id, &presented, memory, SystemTime::now())
@@ -272,7 +333,11 @@ impl Agent {
                     .await);
             }
         };
-        let detail = format!("access={}", access_name(access));
+        let mut detail = format!("access={}", access_name(access));
+        if let Some(doorbell) = doorbell {
+            detail.push_str(" doorbell=");
+            detail.push_str(self.adopt_doorbell(id, doorbell));
+        }
         let event = Event::new(
             caller,
             "segment.reattach",
@@ -483,20 +548,42 @@ impl Agent {
     }
 
     /// Adopts the segment memfds the service manager kept across the restart
-    /// (each checked to be the segment's sealed memfd), auditing each.
-    pub async fn adopt_stored(&self, passed: Vec<(SegmentId, OwnedFd)>) {
+    /// (each checked to be the segment's sealed memfd), with each ring's
+    /// stored doorbell if it is an eventfd, auditing each.
+    pub async fn adopt_stored(&self, passed: Passed) {
+        let Passed {
+            segments,
+            mut doorbells,
+        } = passed;
         let mut records = Vec::new();
-        for (id, fd) in passed {
+        for (id, fd) in segments {
+            let doorbell = doorbells
+                .iter()
+                .position(|(ring, _)| *ring == id)
+                .map(|at| doorbells.swap_remove(at).1)
+                .filter(is_eventfd)
+                .map(Arc::new);
+            let with_doorbell = doorbell.is_some();
             let adopted =
                 check_presented(&fd, Access::ReadWrite).and_then(|(identity, size_bytes)| {
-                    self.core()
-                        .adopt_stored(id, identity, size_bytes, Arc::new(fd))
+                    let memory = Memory {
+                        memfd: Arc::new(fd),
+                        doorbell,
+                    };
+                    self.core().adopt_stored(id, identity, size_bytes, memory)
                 });
             let (outcome, detail) = match adopted {
-                Ok(_) => (
-                    Outcome::Allowed,
-                    "from the service manager's fd store".to_owned(),
-                ),
+                Ok(record) => {
+                    let mut detail = "from the service manager's fd store".to_owned();
+                    match (record.layout, with_doorbell) {
+                        (Layout::Ring { .. }, true) => detail.push_str(", with its doorbell"),
+                        (Layout::Ring { .. }, false) => {
+                            detail.push_str(", without a doorbell (the next holder's is adopted)");
+                        }
+                        _ => {}
+                    }
+                    (Outcome::Allowed, detail)
+                }
                 Err(refusal) => (Outcome::Denied, refusal.to_string()),
             };
             records.push(Record::Event(Event::new(
@@ -585,14 +672,67 @@ impl Agent {
         Ok(view)
     }
 
-    /// Keeps a segment's memfd in the service manager's fd store, if any, so
-    /// it survives an agent restart even with no holder.
+    /// Keeps a segment's memfd (and a ring's doorbell) in the service
+    /// manager's fd store, if any, so it survives an agent restart even with
+    /// no holder.
     fn store(&self, id: SegmentId, memory: &Memory) {
         if let Some(store) = &self.fd_store
-            && let Err(error) = store.store(id, memory.as_fd())
+            && let Err(error) = store.store(id, memory.memfd.as_fd())
         {
             tracing::warn!(cause = %error, segment = id.0, "cannot store a segment in the fd store");
         }
+        if let Some(doorbell) = &memory.doorbell {
+            self.store_doorbell(id, doorbell);
+        }
+    }
+
+    fn store_doorbell(&self, id: SegmentId, doorbell: &OwnedFd) {
+        if let Some(store) = &self.fd_store
+            && let Err(error) = store.store_doorbell(id, doorbell.as_fd())
+        {
+            tracing::warn!(cause = %error, segment = id.0, "cannot store a doorbell in the fd store");
+        }
+    }
+
+    /// A ring's doorbell for a grant, made now if the ring has none (a ring
+    /// restored after a restart that no holder presented one for): returns
+    /// it, and whether it was made now.
+    fn ring_doorbell(&self, id: SegmentId) -> std::io::Result<(Arc<OwnedFd>, bool)> {
+        let made = {
+            let mut core = self.core();
+            let Some(memory) = core.memory_mut(id) else {
+                return Err(std::io::Error::other(format!("{id} has no memory")));
+            };
+            if let Some(doorbell) = &memory.doorbell {
+                return Ok((doorbell.clone(), false));
+            }
+            let doorbell = Arc::new(new_doorbell()?);
+            memory.doorbell = Some(doorbell.clone());
+            doorbell
+        };
+        self.store_doorbell(id, &made);
+        Ok((made, true))
+    }
+
+    /// Takes a presented doorbell as ring `id`'s if the ring has none and it
+    /// is an eventfd; says what became of it, for the audit log.
+    fn adopt_doorbell(&self, id: SegmentId, doorbell: OwnedFd) -> &'static str {
+        if !is_eventfd(&doorbell) {
+            return "ignored (not an eventfd)";
+        }
+        let adopted = {
+            let mut core = self.core();
+            match core.memory_mut(id) {
+                Some(memory) if memory.doorbell.is_none() => {
+                    let doorbell = Arc::new(doorbell);
+                    memory.doorbell = Some(doorbell.clone());
+                    doorbell
+                }
+                _ => return "kept (the ring has one)",
+            }
+        };
+        self.store_doorbell(id, &adopted);
+        "adopted"
     }
 
     /// Gives a freed segment's memory back to the system now. A process that
@@ -601,7 +741,7 @@ impl Agent {
     /// charged to its own cgroup, so a quota cannot be bypassed by lying.
     fn release(&self, freed: &Freed<Memory>) {
         if let Some(memory) = &freed.memory
-            && let Err(error) = memfd::release_memory(memory.as_fd())
+            && let Err(error) = memfd::release_memory(memory.memfd.as_fd())
         {
             tracing::warn!(cause = %error, segment = freed.record.id.0, "cannot release segment memory");
         }
@@ -725,27 +865,82 @@ fn identify_memory(memory: &OwnedFd) -> std::io::Result<(MemoryIdentity, Token)>
     Ok((identity, token))
 }
 
-async fn allocate(record: &SegmentRecord) -> Result<OwnedFd, CreateError> {
+/// A new segment's memory: its sealed memfd with the layout's header
+/// written, and a ring's doorbell.
+async fn allocate(record: &SegmentRecord) -> Result<Memory, ServiceError> {
     let name = format!("ipcplane:{}:{}", record.tenant, record.id.0);
     let size = record.size_bytes;
+    let layout = record.layout;
+    let make = move || {
+        let memfd = memfd::create_sealed(&name, size)?;
+        write_header(&memfd, layout)?;
+        let doorbell = match layout {
+            Layout::Ring { .. } => Some(Arc::new(new_doorbell().map_err(ServiceError::Grant)?)),
+            _ => None,
+        };
+        Ok(Memory {
+            memfd: Arc::new(memfd),
+            doorbell,
+        })
+    };
     if size < BLOCKING_ALLOCATION_BYTES {
-        return memfd::create_sealed(&name, size);
+        return make();
     }
-    tokio::task::spawn_blocking(move || memfd::create_sealed(&name, size))
+    tokio::task::spawn_blocking(make)
         .await
-        .unwrap_or_else(|join| Err(CreateError::Create(std::io::Error::other(join.to_string()))))
+        .unwrap_or_else(|join| {
+            Err(CreateError::Create(std::io::Error::other(join.to_string())).into())
+        })
+}
+
+/// Writes the versioned header of a ring, semaphore or event into its fresh
+/// (zeroed) memfd, so that every holder finds a valid one from the first
+/// grant on. A plain segment has none.
+fn write_header(memfd: &OwnedFd, layout: Layout) -> Result<(), ServiceError> {
+    if layout == Layout::Plain {
+        return Ok(());
+    }
+    let failed = |error: &dyn std::fmt::Display| ServiceError::Header(error.to_string());
+    let mapping =
+        Mapping::map(memfd.as_fd(), ipcplane_shm::Access::ReadWrite).map_err(|e| failed(&e))?;
+    match layout {
+        Layout::Plain => Ok(()),
+        Layout::Ring { .. } => match layout.ring_layout()? {
+            Some(ring) => ipcplane_shm::ring::init_mapping(&mapping, ring).map_err(|e| failed(&e)),
+            None => Err(failed(&"not a ring layout")),
+        },
+        Layout::Semaphore { initial_value } => {
+            ipcplane_shm::semaphore::init_mapping(&mapping, initial_value).map_err(|e| failed(&e))
+        }
+        Layout::Event => ipcplane_shm::event::init_mapping(&mapping).map_err(|e| failed(&e)),
+    }
+}
+
+/// A ring's doorbell: an eventfd, nonblocking so that neither a producer
+/// ringing a saturated one nor a consumer draining an empty one blocks.
+fn new_doorbell() -> std::io::Result<OwnedFd> {
+    use rustix::event::{EventfdFlags, eventfd};
+    Ok(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)
+}
+
+/// Whether `fd` is an eventfd: only one can be a ring's doorbell. (All
+/// eventfds share one anonymous inode, so which one cannot be told.)
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventfd]")
 }
 
 /// The audit detail of a created segment.
 fn describe(record: &SegmentRecord) -> String {
     format!(
-        "name={:?} size_bytes={} mode={} lifetime={} ttl_ms={} tenant={}",
+        "name={:?} size_bytes={} mode={} lifetime={} ttl_ms={} tenant={} {}",
         record.name.as_deref().unwrap_or(""),
         record.size_bytes,
         record.mode.as_str(),
         record.lifetime.as_str(),
         record.lifetime.ttl_ms(),
-        record.tenant
+        record.tenant,
+        record.layout
     )
 }
 

@@ -195,6 +195,9 @@ pub struct SegmentListArgs {
     /// Only segments created by this process
     #[arg(long, value_name = "PID")]
     pub owner_pid: Option<u32>,
+    /// Only segments of this kind
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
     /// Then keep printing segment events (create, open, detach, delete, ...;
     /// of --tenant if given) as they happen, until interrupted
     #[arg(short, long)]
@@ -217,9 +220,11 @@ pub struct SegmentCreateArgs {
     /// Name, unique within the tenant [default: unnamed]
     #[arg(long)]
     pub name: Option<String>,
-    /// Size, e.g. 4096, 64KiB, 4MiB
-    #[arg(long, allow_hyphen_values = true, value_parser = units::parse_size)]
-    pub size: u64,
+    /// Size, e.g. 4096, 64KiB, 4MiB (a ring, semaphore or event takes the
+    /// size it needs)
+    #[arg(long, allow_hyphen_values = true, value_parser = units::parse_size,
+          required_unless_present_any = ["ring_capacity", "semaphore", "event"])]
+    pub size: Option<u64>,
     /// Who besides the creator may write [default: rw]
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
@@ -237,6 +242,47 @@ pub struct SegmentCreateArgs {
     /// Tenant to charge [default: your own; others need admin]
     #[arg(long)]
     pub tenant: Option<String>,
+    /// Make a message ring whose producer lanes hold this many bytes each
+    /// (a power of two), e.g. 64KiB
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true, value_parser = units::parse_size,
+          conflicts_with_all = ["semaphore", "event"], help_heading = "Kinds")]
+    pub ring_capacity: Option<u64>,
+    /// The ring's largest message [default: the most its capacity allows]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true, value_parser = units::parse_size,
+          requires = "ring_capacity", help_heading = "Kinds")]
+    pub max_message: Option<u64>,
+    /// How many producers the ring takes at once, 1 to 64 [default: 1]
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "ring_capacity",
+        help_heading = "Kinds"
+    )]
+    pub producers: Option<u32>,
+    /// Make a counting semaphore with this many units to start with
+    #[arg(
+        long,
+        value_name = "UNITS",
+        conflicts_with = "event",
+        help_heading = "Kinds"
+    )]
+    pub semaphore: Option<u32>,
+    /// Make an event (notify one or all waiters)
+    #[arg(long, help_heading = "Kinds")]
+    pub event: bool,
+}
+
+/// `--kind`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    /// Bytes only
+    Plain,
+    /// A message ring
+    Ring,
+    /// A counting semaphore
+    Semaphore,
+    /// An event
+    Event,
 }
 
 /// `--mode`
@@ -554,7 +600,7 @@ mod tests {
         let Command::Segment(SegmentCommand::Create(args)) = sut.command else {
             panic!("wrong command: {:?}", sut.command);
         };
-        assert_eq!(args.size, 4 << 20);
+        assert_eq!(args.size, Some(4 << 20));
         assert_eq!(args.mode, Some(ModeArg::ReadOnlyForOthers));
         assert_eq!(args.lifetime, Some(LifetimeArg::OnLastDetach));
         assert_eq!(args.ttl, None);
@@ -588,6 +634,44 @@ mod tests {
             message.contains("--ttl applies only to --lifetime ttl"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn segment_create_makes_rings_semaphores_and_events_without_a_size() {
+        let create = |args: &[&str]| {
+            let mut all = vec!["segment", "create"];
+            all.extend_from_slice(args);
+            match parse(&all).unwrap().command {
+                Command::Segment(SegmentCommand::Create(args)) => args,
+                other => panic!("wrong command: {other:?}"),
+            }
+        };
+
+        let ring = create(&[
+            "--ring-capacity",
+            "64KiB",
+            "--max-message",
+            "1KiB",
+            "--producers",
+            "4",
+        ]);
+        assert_eq!(
+            (
+                ring.size,
+                ring.ring_capacity,
+                ring.max_message,
+                ring.producers
+            ),
+            (None, Some(64 << 10), Some(1024), Some(4))
+        );
+        assert_eq!(create(&["--semaphore", "3"]).semaphore, Some(3));
+        assert!(create(&["--event"]).event);
+
+        usage_error(&["segment", "create", "--max-message", "1KiB"]);
+        usage_error(&["segment", "create", "--producers", "2"]);
+        usage_error(&["segment", "create", "--ring-capacity", "4K", "--event"]);
+        usage_error(&["segment", "create", "--semaphore", "1", "--event"]);
+        usage_error(&["segment", "create", "--semaphore", "-1"]);
     }
 
     #[test]

@@ -18,7 +18,8 @@ use std::iter;
 use std::time::Duration;
 
 use ipcplane_proto::v1::{
-    Agent, AuditEvent, Client, Lifetime, Outcome, Quota, Segment, SegmentState, SharingMode, Tenant,
+    Agent, AuditEvent, Client, Lifetime, Outcome, Quota, RingSpec, Segment, SegmentKind,
+    SegmentState, SemaphoreSpec, SharingMode, Tenant, segment,
 };
 use prost_types::Timestamp;
 use serde::{Serialize, Serializer};
@@ -248,6 +249,25 @@ fn sharing_mode_name(value: i32) -> String {
     api_name(mode.map(|mode| mode.as_str_name()), "SHARING_MODE_", value)
 }
 
+/// A size as [`format_size`] shows it when that is exact (`4KiB`), else in
+/// bytes (`2040B`, not `2.0KiB`): a ring's limits must read exactly.
+fn exact_size(bytes: u64) -> String {
+    let shown = format_size(bytes);
+    if shown.contains('.') {
+        format!("{bytes}B")
+    } else {
+        shown
+    }
+}
+
+fn kind_name(value: i32) -> String {
+    let kind = match SegmentKind::try_from(value) {
+        Ok(SegmentKind::Unspecified) => Some(SegmentKind::Plain),
+        other => other.ok(),
+    };
+    api_name(kind.map(|kind| kind.as_str_name()), "SEGMENT_KIND_", value)
+}
+
 fn lifetime_name(value: i32) -> String {
     let lifetime = match Lifetime::try_from(value) {
         Ok(Lifetime::Unspecified) => Some(Lifetime::Persistent),
@@ -310,6 +330,11 @@ pub(crate) struct SegmentView {
     id: u64,
     name: String,
     tenant: String,
+    kind: String,
+    /// A ring's parameters; `null` for other kinds.
+    ring: Option<RingView>,
+    /// A semaphore's parameters; `null` for other kinds.
+    semaphore: Option<SemaphoreView>,
     size_bytes: u64,
     mode: String,
     lifetime: String,
@@ -325,13 +350,48 @@ pub(crate) struct SegmentView {
     attach_time: Option<Timestamp>,
 }
 
+/// A ring's parameters.
+#[derive(Debug, Serialize)]
+struct RingView {
+    capacity_bytes: u64,
+    max_message_bytes: u64,
+    producers: u32,
+}
+
+/// A semaphore's parameters.
+#[derive(Debug, Serialize)]
+struct SemaphoreView {
+    initial_value: u32,
+}
+
 impl From<Segment> for SegmentView {
     fn from(segment: Segment) -> Self {
         let lifetime = lifetime_name(segment.lifetime);
+        let (ring, semaphore) = match segment.layout {
+            Some(segment::Layout::Ring(RingSpec {
+                capacity_bytes,
+                max_message_bytes,
+                producers,
+            })) => (
+                Some(RingView {
+                    capacity_bytes,
+                    max_message_bytes,
+                    producers,
+                }),
+                None,
+            ),
+            Some(segment::Layout::Semaphore(SemaphoreSpec { initial_value })) => {
+                (None, Some(SemaphoreView { initial_value }))
+            }
+            None => (None, None),
+        };
         SegmentView {
             id: segment.id,
             name: segment.name,
             tenant: segment.tenant,
+            kind: kind_name(segment.kind),
+            ring,
+            semaphore,
             size_bytes: segment.size_bytes,
             mode: sharing_mode_name(segment.mode),
             ttl_ms: (lifetime == "TTL").then_some(segment.ttl_ms),
@@ -351,7 +411,9 @@ impl Row for SegmentView {
         col("ID"),
         col("NAME"),
         col("TENANT"),
+        col("KIND"),
         col("SIZE"),
+        wide("PARAMS"),
         wide("MODE"),
         col("LIFETIME"),
         wide("TTL"),
@@ -369,11 +431,23 @@ impl Row for SegmentView {
             "READ_ONLY_FOR_OTHERS" => "ro-others".to_owned(),
             other => flag_word(other),
         };
+        let params = match (&self.ring, &self.semaphore) {
+            (Some(ring), _) => format!(
+                "capacity={},max_message={},producers={}",
+                exact_size(ring.capacity_bytes),
+                exact_size(ring.max_message_bytes),
+                ring.producers
+            ),
+            (None, Some(semaphore)) => format!("initial={}", semaphore.initial_value),
+            (None, None) => String::new(),
+        };
         vec![
             self.id.to_string(),
             self.name.clone(),
             self.tenant.clone(),
+            flag_word(&self.kind),
             format_size(self.size_bytes),
+            params,
             mode,
             flag_word(&self.lifetime),
             self.ttl_ms
@@ -701,6 +775,8 @@ mod tests {
                 nanos: 123_000_000,
             }),
             attach_time: None,
+            kind: SegmentKind::Plain as i32,
+            layout: None,
         }
     }
 
@@ -727,9 +803,9 @@ mod tests {
         assert_eq!(
             render(Format::Table, &rows),
             "\
-ID  NAME    TENANT    SIZE    LIFETIME    STATE     ATTACHED  CREATED
-42  frames  uid-1000  4MiB    ttl         active    2         2024-05-01T10:00:00Z
-7   -       payments  1.5MiB  persistent  draining  0         -
+ID  NAME    TENANT    KIND   SIZE    LIFETIME    STATE     ATTACHED  CREATED
+42  frames  uid-1000  plain  4MiB    ttl         active    2         2024-05-01T10:00:00Z
+7   -       payments  plain  1.5MiB  persistent  draining  0         -
 "
         );
     }
@@ -740,8 +816,8 @@ ID  NAME    TENANT    SIZE    LIFETIME    STATE     ATTACHED  CREATED
         assert_eq!(
             render(Format::Wide, &rows),
             "\
-ID  NAME    TENANT    SIZE  MODE       LIFETIME  TTL  STATE   ATTACHED  OWNER_PID  OWNER_UID  CREATED               LAST_ATTACHED
-42  frames  uid-1000  4MiB  ro-others  ttl       30s  active  2         4242       1000       2024-05-01T10:00:00Z  -
+ID  NAME    TENANT    KIND   SIZE  PARAMS  MODE       LIFETIME  TTL  STATE   ATTACHED  OWNER_PID  OWNER_UID  CREATED               LAST_ATTACHED
+42  frames  uid-1000  plain  4MiB  -       ro-others  ttl       30s  active  2         4242       1000       2024-05-01T10:00:00Z  -
 "
         );
     }
@@ -750,7 +826,7 @@ ID  NAME    TENANT    SIZE  MODE       LIFETIME  TTL  STATE   ATTACHED  OWNER_PI
     fn empty_lists_render_a_header_or_an_empty_array() {
         assert_eq!(
             render(Format::Table, &[]),
-            "ID  NAME  TENANT  SIZE  LIFETIME  STATE  ATTACHED  CREATED\n"
+            "ID  NAME  TENANT  KIND  SIZE  LIFETIME  STATE  ATTACHED  CREATED\n"
         );
         assert_eq!(render(Format::Json, &[]), "[]\n");
         assert_eq!(render(Format::Yaml, &[]), "[]\n");
@@ -766,6 +842,9 @@ ID  NAME    TENANT    SIZE  MODE       LIFETIME  TTL  STATE   ATTACHED  OWNER_PI
                 "id": 42,
                 "name": "frames",
                 "tenant": "uid-1000",
+                "kind": "PLAIN",
+                "ring": null,
+                "semaphore": null,
                 "size_bytes": 4_194_304,
                 "mode": "READ_ONLY_FOR_OTHERS",
                 "lifetime": "TTL",
@@ -779,6 +858,45 @@ ID  NAME    TENANT    SIZE  MODE       LIFETIME  TTL  STATE   ATTACHED  OWNER_PI
             })
         );
         assert!(text.starts_with("{\n  \"id\": 42,"), "not pretty: {text}");
+    }
+
+    #[test]
+    fn rings_and_semaphores_show_their_kind_and_parameters() {
+        let ring = Segment {
+            kind: SegmentKind::Ring as i32,
+            layout: Some(segment::Layout::Ring(RingSpec {
+                capacity_bytes: 64 << 10,
+                max_message_bytes: 2040,
+                producers: 2,
+            })),
+            ..sample_segment()
+        };
+        let semaphore = Segment {
+            id: 43,
+            kind: SegmentKind::Semaphore as i32,
+            layout: Some(segment::Layout::Semaphore(SemaphoreSpec {
+                initial_value: 3,
+            })),
+            ..unnamed_segment()
+        };
+        let rows = [SegmentView::from(ring), SegmentView::from(semaphore)];
+
+        let wide = render(Format::Wide, &rows);
+        let json: serde_json::Value = serde_json::from_str(&render(Format::Json, &rows)).unwrap();
+
+        assert!(
+            wide.contains("  ring       4MiB    capacity=64KiB,max_message=2040B,producers=2  "),
+            "{wide}"
+        );
+        assert!(wide.contains("  semaphore  1.5MiB  initial=3  "), "{wide}");
+        assert_eq!(json[0]["kind"], "RING");
+        assert_eq!(
+            json[0]["ring"],
+            serde_json::json!({"capacity_bytes": 65536, "max_message_bytes": 2040, "producers": 2})
+        );
+        assert_eq!(json[0]["semaphore"], serde_json::Value::Null);
+        assert_eq!(json[1]["kind"], "SEMAPHORE");
+        assert_eq!(json[1]["semaphore"]["initial_value"], 3);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 use ipcplane_proto::v1::segment_service_client::SegmentServiceClient;
 use ipcplane_proto::v1::{
-    AuditEvent, CreateSegmentRequest, DeleteSegmentRequest, GetSegmentRequest, Lifetime,
-    ListSegmentsRequest, PurgeSegmentsRequest, SharingMode, WatchEventsRequest,
+    AuditEvent, CreateSegmentRequest, DeleteSegmentRequest, EventSpec, GetSegmentRequest, Lifetime,
+    ListSegmentsRequest, PurgeSegmentsRequest, RingSpec, SemaphoreSpec, SharingMode,
+    WatchEventsRequest, create_segment_request,
 };
 use tonic::transport::Channel;
 
@@ -11,8 +12,8 @@ use super::watch::{self, Events};
 use super::{Filter, fetch_pages};
 use crate::Error;
 use crate::cli::{
-    LifetimeArg, ModeArg, SegmentCreateArgs, SegmentDeleteArgs, SegmentGetArgs, SegmentListArgs,
-    SegmentPurgeArgs,
+    KindArg, LifetimeArg, ModeArg, SegmentCreateArgs, SegmentDeleteArgs, SegmentGetArgs,
+    SegmentListArgs, SegmentPurgeArgs,
 };
 use crate::output::{Output, SegmentView};
 
@@ -41,6 +42,7 @@ pub(crate) async fn list(
         .string("tenant", args.tenant.as_deref())
         .string("name", args.name.as_deref())
         .number("owner_pid", args.owner_pid)
+        .string("kind", args.kind.map(kind_name))
         .raw(args.list.filter.as_deref())
         .build();
     let segments = fetch_pages(&args.list, async |page_size, page_token| {
@@ -119,6 +121,35 @@ pub(crate) async fn create(
     out.one(&SegmentView::from(segment))
 }
 
+/// The API name of a kind, as filters take it.
+fn kind_name(kind: KindArg) -> &'static str {
+    match kind {
+        KindArg::Plain => "PLAIN",
+        KindArg::Ring => "RING",
+        KindArg::Semaphore => "SEMAPHORE",
+        KindArg::Event => "EVENT",
+    }
+}
+
+/// The layout the flags ask for; none for a plain segment. Unset ring
+/// flags are 0, which the agent fills in with its defaults.
+fn layout(args: &SegmentCreateArgs) -> Option<create_segment_request::Layout> {
+    if let Some(capacity_bytes) = args.ring_capacity {
+        return Some(create_segment_request::Layout::Ring(RingSpec {
+            capacity_bytes,
+            max_message_bytes: args.max_message.unwrap_or(0),
+            producers: args.producers.unwrap_or(0),
+        }));
+    }
+    if let Some(initial_value) = args.semaphore {
+        return Some(create_segment_request::Layout::Semaphore(SemaphoreSpec {
+            initial_value,
+        }));
+    }
+    args.event
+        .then_some(create_segment_request::Layout::Event(EventSpec {}))
+}
+
 fn create_request(args: &SegmentCreateArgs) -> CreateSegmentRequest {
     let mode = match args.mode {
         None => SharingMode::Unspecified,
@@ -134,13 +165,14 @@ fn create_request(args: &SegmentCreateArgs) -> CreateSegmentRequest {
     };
     CreateSegmentRequest {
         name: args.name.clone().unwrap_or_default(),
-        size_bytes: args.size,
+        size_bytes: args.size.unwrap_or(0),
         mode: mode.into(),
         lifetime: lifetime.into(),
         ttl_ms: args
             .ttl
             .map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
         tenant: args.tenant.clone().unwrap_or_default(),
+        layout: layout(args),
     }
 }
 
@@ -191,11 +223,16 @@ mod tests {
     ) -> SegmentCreateArgs {
         SegmentCreateArgs {
             name: None,
-            size: 4096,
+            size: Some(4096),
             mode,
             lifetime,
             ttl,
             tenant: None,
+            ring_capacity: None,
+            max_message: None,
+            producers: None,
+            semaphore: None,
+            event: false,
         }
     }
 
@@ -226,5 +263,47 @@ mod tests {
         assert_eq!(sut.mode(), SharingMode::ReadOnlyForOthers);
         assert_eq!(sut.lifetime(), Lifetime::Ttl);
         assert_eq!(sut.ttl_ms, 30_000);
+    }
+
+    #[test]
+    fn create_maps_kind_flags_to_the_layout() {
+        let ring = SegmentCreateArgs {
+            size: None,
+            ring_capacity: Some(4096),
+            producers: Some(2),
+            ..args(None, None, None)
+        };
+        let semaphore = SegmentCreateArgs {
+            size: None,
+            semaphore: Some(3),
+            ..args(None, None, None)
+        };
+        let event = SegmentCreateArgs {
+            size: None,
+            event: true,
+            ..args(None, None, None)
+        };
+
+        let sut = create_request(&ring);
+        assert_eq!(sut.size_bytes, 0);
+        assert_eq!(
+            sut.layout,
+            Some(create_segment_request::Layout::Ring(RingSpec {
+                capacity_bytes: 4096,
+                max_message_bytes: 0,
+                producers: 2,
+            }))
+        );
+        assert_eq!(
+            create_request(&semaphore).layout,
+            Some(create_segment_request::Layout::Semaphore(SemaphoreSpec {
+                initial_value: 3
+            }))
+        );
+        assert_eq!(
+            create_request(&event).layout,
+            Some(create_segment_request::Layout::Event(EventSpec {}))
+        );
+        assert_eq!(create_request(&args(None, None, None)).layout, None);
     }
 }
