@@ -10,9 +10,11 @@ use ipcplane_proto::v1::{self, grant_request};
 use ipcplane_shm::Access;
 use tracing::debug;
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Granted};
 use crate::error::Error;
-use crate::segment::{Lifetime, Segment, SegmentId, SegmentRef, SharingMode};
+use crate::ring::{Ring, RingBuilder};
+use crate::segment::{Lifetime, Segment, SegmentId, SegmentKind, SegmentRef, SharingMode};
+use crate::sync::{Event, EventBuilder, Semaphore, SemaphoreBuilder};
 use crate::wire::{self, Reply};
 
 /// How long a [`Client`] waits for the agent by default: to accept the
@@ -177,6 +179,98 @@ impl Client {
             .inspect_err(|err| debug!(segment = ?target, error = %err, "open_segment failed"))
     }
 
+    /// Starts describing a new message ring named `name` (unique within the
+    /// tenant; empty for an unnamed one); [`RingBuilder::create`] asks the
+    /// agent for it.
+    pub fn ring_builder(&self, name: impl Into<String>) -> RingBuilder<'_> {
+        RingBuilder::new(self, name.into())
+    }
+
+    /// Opens an existing ring, by id or by name within this process's
+    /// tenant, read-write (both endpoints write to it).
+    ///
+    /// # Errors
+    /// [`Error::WrongKind`] if the segment is not a ring, else as
+    /// [`open_segment`](Self::open_segment).
+    pub fn open_ring<'a>(&self, ring: impl Into<SegmentRef<'a>>) -> Result<Ring, Error> {
+        self.open_existing(ring.into(), SegmentKind::Ring)
+            .map(Ring::new)
+    }
+
+    /// Starts describing a new semaphore named `name`;
+    /// [`SemaphoreBuilder::create`] asks the agent for it.
+    pub fn semaphore_builder(&self, name: impl Into<String>) -> SemaphoreBuilder<'_> {
+        SemaphoreBuilder::new(self, name.into())
+    }
+
+    /// Creates a persistent semaphore named `name` with `initial` units.
+    ///
+    /// # Errors
+    /// As [`SemaphoreBuilder::create`].
+    pub fn create_semaphore(
+        &self,
+        name: impl Into<String>,
+        initial: u32,
+    ) -> Result<Semaphore, Error> {
+        self.semaphore_builder(name).initial(initial).create()
+    }
+
+    /// Opens an existing semaphore, by id or by name.
+    ///
+    /// # Errors
+    /// [`Error::WrongKind`] if the segment is not a semaphore, else as
+    /// [`open_segment`](Self::open_segment).
+    pub fn open_semaphore<'a>(
+        &self,
+        semaphore: impl Into<SegmentRef<'a>>,
+    ) -> Result<Semaphore, Error> {
+        Semaphore::new(self.open_existing(semaphore.into(), SegmentKind::Semaphore)?)
+    }
+
+    /// Starts describing a new event named `name`; [`EventBuilder::create`]
+    /// asks the agent for it.
+    pub fn event_builder(&self, name: impl Into<String>) -> EventBuilder<'_> {
+        EventBuilder::new(self, name.into())
+    }
+
+    /// Creates a persistent event named `name`.
+    ///
+    /// # Errors
+    /// As [`EventBuilder::create`].
+    pub fn create_event(&self, name: impl Into<String>) -> Result<Event, Error> {
+        self.event_builder(name).create()
+    }
+
+    /// Opens an existing event, by id or by name.
+    ///
+    /// # Errors
+    /// [`Error::WrongKind`] if the segment is not an event, else as
+    /// [`open_segment`](Self::open_segment).
+    pub fn open_event<'a>(&self, event: impl Into<SegmentRef<'a>>) -> Result<Event, Error> {
+        Event::new(self.open_existing(event.into(), SegmentKind::Event)?)
+    }
+
+    /// Opens segment `target` read-write, which must be of `kind`.
+    fn open_existing(&self, target: SegmentRef<'_>, kind: SegmentKind) -> Result<Granted, Error> {
+        let request = grant_request::Kind::OpenSegment(v1::OpenSegment {
+            target: Some(target.to_proto()),
+            access: wire::access_to_proto(Access::ReadWrite),
+        });
+        self.open_typed(request, kind)
+            .inspect_err(|err| debug!(segment = ?target, %kind, error = %err, "open failed"))
+    }
+
+    /// Sends a create or open of a segment of `kind`, and maps the grant
+    /// read-write.
+    pub(crate) fn open_typed(
+        &self,
+        request: grant_request::Kind,
+        kind: SegmentKind,
+    ) -> Result<Granted, Error> {
+        self.connection
+            .request_grant(request, Access::ReadWrite, Some(kind))
+    }
+
     /// Deletes a segment of this process's tenant. Processes that have it
     /// mapped keep it until they detach; until then it is draining.
     ///
@@ -248,12 +342,32 @@ impl SegmentBuilder<'_> {
             mode: self.mode.to_proto(),
             lifetime,
             ttl_ms,
+            layout: None,
         });
         self.client
             .connection
             .request_segment(request, Access::ReadWrite)
             .inspect_err(|err| debug!(error = %err, "create_segment failed"))
     }
+}
+
+/// The request creating a segment of `layout`, whose size the agent
+/// computes.
+pub(crate) fn create_request(
+    name: String,
+    mode: SharingMode,
+    lifetime: Lifetime,
+    layout: v1::create_segment::Layout,
+) -> grant_request::Kind {
+    let (lifetime, ttl_ms) = lifetime.to_proto();
+    grant_request::Kind::CreateSegment(v1::CreateSegment {
+        name,
+        size_bytes: 0,
+        mode: mode.to_proto(),
+        lifetime,
+        ttl_ms,
+        layout: Some(layout),
+    })
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use ipcplane_proto::v1::{self, grant_request};
 use ipcplane_proto::{GRANT_PROTOCOL_VERSION, MAX_GRANT_DATAGRAM};
+use ipcplane_shm::mapping::Mapping;
 use ipcplane_shm::{Access, fdpass};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::sockopt::{Timeout, set_socket_timeout};
@@ -32,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::client::Identity;
 use crate::error::Error;
-use crate::segment::{Segment, SegmentId, map_grant};
+use crate::segment::{Segment, SegmentId, SegmentInfo, SegmentKind, map_grant};
 use crate::wire::{self, Reply, Token};
 
 /// The name of the thread that watches each connection.
@@ -214,7 +215,10 @@ impl Link {
             token: held.token.to_vec(),
             access: wire::access_to_proto(held.access),
         });
-        let reply = self.exchange(request, &[held.fd.as_fd()], timeout)?;
+        let fds: Vec<BorrowedFd<'_>> = std::iter::once(held.fd.as_fd())
+            .chain(held.doorbell.as_deref().map(AsFd::as_fd))
+            .collect();
+        let reply = self.exchange(request, &fds, timeout)?;
         Ok(reply.into_reattached(held.access))
     }
 }
@@ -239,6 +243,9 @@ struct Held {
     /// the agent granted it. It closes when the segment is dropped, as
     /// releasing the attachment removes this entry.
     fd: Arc<OwnedFd>,
+    /// A ring's doorbell, shared likewise: presented with the memfd so a
+    /// restarted agent keeps granting the one every holder rings.
+    doorbell: Option<Arc<OwnedFd>>,
     /// The instance of the agent that counts this attachment: the one that
     /// granted it, or the last one that adopted it.
     counted_by: u64,
@@ -374,21 +381,41 @@ impl Connection {
     /// Sends a request that is answered by a segment grant, checks the grant
     /// and maps it with `access`. If anything fails after the agent granted
     /// the segment, the attachment is released again.
-    ///
-    /// The channel stays locked until the attachment is registered, so no
-    /// reconnection comes between the grant and the registration (the new
-    /// agent would never hear of the attachment).
     pub(crate) fn request_segment(
         self: &Arc<Self>,
         request: grant_request::Kind,
         access: Access,
     ) -> Result<Segment, Error> {
+        self.request_grant(request, access, None).map(Segment::new)
+    }
+
+    /// As [`request_segment`](Self::request_segment), for a segment that
+    /// must be of `kind` when given ([`Error::WrongKind`] otherwise); returns
+    /// the parts of the grant, registered.
+    ///
+    /// The channel stays locked until the attachment is registered, so no
+    /// reconnection comes between the grant and the registration (the new
+    /// agent would never hear of the attachment).
+    pub(crate) fn request_grant(
+        self: &Arc<Self>,
+        request: grant_request::Kind,
+        access: Access,
+        kind: Option<SegmentKind>,
+    ) -> Result<Granted, Error> {
         let mut channel = self.linked_channel()?;
         let unchecked = channel.call(request, self.timeout)?.into_segment_grant()?;
         let id = unchecked.id();
         let checked = unchecked
             .validate(access)
             .map_err(Error::from)
+            .and_then(|grant| match kind {
+                Some(expected) if grant.info.kind != expected => Err(Error::WrongKind {
+                    id,
+                    expected,
+                    found: grant.info.kind,
+                }),
+                _ => Ok(grant),
+            })
             .and_then(|grant| map_grant(&grant).map(|mapping| (grant, mapping)));
         let (grant, mapping) = match checked {
             Ok(checked) => checked,
@@ -403,6 +430,7 @@ impl Connection {
             }
         };
         let fd = Arc::new(grant.fd);
+        let doorbell = grant.doorbell.map(Arc::new);
         // The agent on the link the grant came over (there, as the call
         // succeeded) counts the attachment.
         let counted_by = channel.link.as_ref().map_or(0, |link| link.agent_instance);
@@ -411,6 +439,7 @@ impl Connection {
             token: grant.token,
             access: grant.access,
             fd: Arc::clone(&fd),
+            doorbell: doorbell.clone(),
             counted_by,
         });
         drop(channel);
@@ -427,7 +456,13 @@ impl Connection {
             id,
             live: true,
         };
-        Ok(Segment::new(grant.info, mapping, fd, attachment))
+        Ok(Granted {
+            info: grant.info,
+            mapping,
+            fd,
+            doorbell,
+            attachment,
+        })
     }
 
     /// Releases attachment `key` to segment `id`: unregisters it, closing
@@ -518,6 +553,19 @@ impl Connection {
         );
         Ok(socket)
     }
+}
+
+/// A checked, mapped grant whose attachment is registered: what every kind
+/// of handle is built from.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub(crate) info: SegmentInfo,
+    pub(crate) mapping: Mapping,
+    /// Shared with the registry, which presents it after an agent restart.
+    pub(crate) fd: Arc<OwnedFd>,
+    /// A ring's doorbell, shared likewise.
+    pub(crate) doorbell: Option<Arc<OwnedFd>>,
+    pub(crate) attachment: Attachment,
 }
 
 /// The request releasing one attachment to segment `id`.
@@ -678,6 +726,8 @@ fn retry_interrupted<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> 
 pub(crate) mod tests {
     use ipcplane_proto::v1::{GrantRequest, GrantResponse, grant_response};
     use ipcplane_shm::memfd::create_sealed;
+
+    use crate::error::ProtocolError;
     use prost::Message;
     use rustix::net::SendFlags;
 
@@ -969,6 +1019,7 @@ pub(crate) mod tests {
             token: Token::from(b"t".to_vec()),
             access: Access::Read,
             fd: Arc::new(create_sealed("test", 4096).unwrap()),
+            doorbell: None,
             counted_by: FIRST_RUN,
         };
 
@@ -994,6 +1045,7 @@ pub(crate) mod tests {
             token: Token::from(Vec::new()),
             access: Access::Read,
             fd: Arc::clone(&fd),
+            doorbell: None,
             counted_by: FIRST_RUN,
         });
         drop(fd);
@@ -1163,6 +1215,105 @@ pub(crate) mod tests {
             peer.reply_done(request_id);
             detached.join().unwrap().unwrap();
         });
+    }
+
+    /// Has `sut` create a segment that `peer` grants as ring 9 with
+    /// `doorbell` as its second fd, then answers what else the client asks
+    /// with `then`; the result of the request.
+    fn grant_ring(
+        sut: &Arc<Connection>,
+        peer: &Peer,
+        doorbell: &OwnedFd,
+        then: impl FnOnce(&Peer),
+    ) -> Result<Segment, Error> {
+        thread::scope(|scope| {
+            let segment = scope.spawn(|| {
+                let request = grant_request::Kind::CreateSegment(v1::CreateSegment::default());
+                sut.request_segment(request, Access::ReadWrite)
+            });
+            let (request_id, _, _) = peer.recv();
+            let memfd = create_sealed("ring", 4096).unwrap();
+            let grant = v1::SegmentGrant {
+                segment: Some(v1::Segment {
+                    id: 9,
+                    size_bytes: 4096,
+                    state: v1::SegmentState::Active.into(),
+                    kind: v1::SegmentKind::Ring.into(),
+                    ..v1::Segment::default()
+                }),
+                access: v1::Access::ReadWrite.into(),
+                token: b"secret-9".to_vec(),
+            };
+            peer.reply(
+                request_id,
+                grant_response::Kind::Segment(grant),
+                &[memfd.as_fd(), doorbell.as_fd()],
+            );
+            then(peer);
+            segment.join().unwrap()
+        })
+    }
+
+    fn is_eventfd(fd: BorrowedFd<'_>) -> bool {
+        std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))
+        .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventfd]")
+    }
+
+    #[test]
+    fn a_ring_is_re_presented_with_its_doorbell() {
+        let agent = FakeAgent::bind("doorbell");
+        let (sut, peer) = agent.client();
+        let doorbell = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        let _ring = grant_ring(&sut, &peer, &doorbell, |_| {}).unwrap();
+
+        drop(peer);
+        let peer = agent.accept("a", RESTARTED);
+        let (request_id, kind, fds) = peer.recv();
+
+        assert!(
+            matches!(kind, grant_request::Kind::ReattachSegment(ref reattach) if reattach.id == 9),
+            "{kind:?}"
+        );
+        assert_eq!(fds.len(), 2);
+        assert!(is_eventfd(fds[1].as_fd()));
+        peer.reply(
+            request_id,
+            grant_response::Kind::Segment(v1::SegmentGrant {
+                segment: Some(v1::Segment {
+                    id: 9,
+                    ..v1::Segment::default()
+                }),
+                access: v1::Access::ReadWrite.into(),
+                token: Vec::new(),
+            }),
+            &[],
+        );
+        eventually("the client reconnected", || sut.reconnects() == 1);
+    }
+
+    #[test]
+    fn a_ring_whose_doorbell_is_no_eventfd_is_refused_and_released() {
+        let agent = FakeAgent::bind("not-a-doorbell");
+        let (sut, peer) = agent.client();
+        let (pipe, _writer) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC).unwrap();
+
+        let err = grant_ring(&sut, &peer, &pipe, |peer| {
+            let (request_id, kind, _) = peer.recv();
+            assert!(
+                matches!(kind, grant_request::Kind::DetachSegment(ref detach) if detach.id == 9),
+                "{kind:?}"
+            );
+            peer.reply_done(request_id);
+        })
+        .unwrap_err();
+
+        assert!(
+            matches!(err, Error::Protocol(ProtocolError::Doorbell { ref found }) if found.starts_with("pipe:")),
+            "{err:?}"
+        );
     }
 
     #[test]

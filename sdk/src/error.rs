@@ -6,15 +6,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipcplane_proto::v1::GrantError;
-use ipcplane_shm::Access;
 use ipcplane_shm::mapping::{AccessError, MapError};
+use ipcplane_shm::{Access, event, ring, semaphore};
+
+use crate::segment::{SegmentId, SegmentKind};
 
 /// Why an SDK call failed.
 ///
 /// Errors wrapping a lower-level cause expose it through
 /// [`source`](std::error::Error::source) rather than repeating it in their
 /// message; print the whole chain (e.g. `{:#}` of an `anyhow::Error`) to see
-/// it. Refusals by the agent carry the agent's message.
+/// it. Refusals by the agent carry the agent's message. Data-path errors
+/// (rings, semaphores, events, out-of-bounds access) are the primitive's own
+/// error, shown as it is.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -159,6 +163,50 @@ pub enum Error {
     /// A read or write was outside the segment, or a write to a read-only one.
     #[error(transparent)]
     Access(#[from] AccessError),
+    /// The segment opened is of another kind than the call opens, e.g. a
+    /// plain segment opened as a ring. The grant was released again.
+    #[error("not a {expected} segment: segment {id} is a {found} segment")]
+    WrongKind {
+        /// The segment.
+        id: SegmentId,
+        /// The kind the call opens.
+        expected: SegmentKind,
+        /// The segment's kind.
+        found: SegmentKind,
+    },
+    /// The ring's header is invalid, or every producer lane is taken
+    /// ([`ring::LayoutError::LanesTaken`]).
+    #[error(transparent)]
+    RingLayout(ring::LayoutError),
+    /// A send on a ring failed: full (`try_*`), timed out, a message over
+    /// the max message size, or a ring the consumer corrupted.
+    #[error(transparent)]
+    RingSend(ring::SendError),
+    /// A receive from a ring failed: timed out, a buffer too small, or a
+    /// ring a producer corrupted.
+    #[error(transparent)]
+    RingRecv(ring::RecvError),
+    /// A message's length is not the size of the type it is read as.
+    #[error("the message has {found} bytes, the type it is read as {expected}")]
+    PodSize {
+        /// `size_of` the type.
+        expected: usize,
+        /// The message's length.
+        found: usize,
+    },
+    /// The semaphore's header is invalid.
+    #[error(transparent)]
+    SemaphoreLayout(semaphore::LayoutError),
+    /// A semaphore operation failed (timed out, or a release would
+    /// overflow the count).
+    #[error(transparent)]
+    Semaphore(semaphore::SemaphoreError),
+    /// The event's header is invalid.
+    #[error(transparent)]
+    EventLayout(event::LayoutError),
+    /// A wait on an event failed (timed out).
+    #[error(transparent)]
+    Event(event::EventError),
 }
 
 impl From<ProtocolError> for Error {
@@ -286,6 +334,12 @@ pub enum ProtocolError {
         /// The memfd's size.
         actual: u64,
     },
+    /// A ring's doorbell is not an eventfd.
+    #[error("the ring's doorbell is not an eventfd ({found})")]
+    Doorbell {
+        /// What the fd is, or why that cannot be told.
+        found: String,
+    },
 }
 
 #[cfg(test)]
@@ -339,6 +393,20 @@ mod tests {
             "quota exceeded: max_bytes of tenant a is 1024"
         );
         assert!(matches!(sut, Error::QuotaExceeded { quota, .. } if quota == "max_bytes"));
+    }
+
+    #[test]
+    fn wrong_kind_says_what_was_expected_and_found() {
+        let sut = Error::WrongKind {
+            id: SegmentId::new(7),
+            expected: SegmentKind::Ring,
+            found: SegmentKind::Plain,
+        };
+
+        assert_eq!(
+            sut.to_string(),
+            "not a ring segment: segment 7 is a plain segment"
+        );
     }
 
     #[test]

@@ -15,7 +15,15 @@
 //! - [`SegmentBuilder`]: options of a segment to create.
 //! - [`Segment`]: a granted, mapped segment; detaches when dropped.
 //!   [`SegmentInfo`], [`SegmentId`], [`SegmentRef`], [`SharingMode`],
-//!   [`Lifetime`] and [`SegmentState`] describe segments.
+//!   [`Lifetime`], [`SegmentState`], [`SegmentKind`] and [`RingParams`]
+//!   describe segments.
+//! - [`ring`]: message rings the agent creates ([`Client::ring_builder`],
+//!   [`Client::open_ring`]), with zero-copy [`ring::Producer`] and
+//!   [`ring::Consumer`] endpoints, blocking or (feature `tokio`, on by
+//!   default) async receive, and [`Pod`] helpers.
+//! - [`Semaphore`] and [`Event`]: process-shared synchronisation in segments
+//!   the agent creates ([`Client::create_semaphore`],
+//!   [`Client::create_event`] and their builders and `open_*` calls).
 //! - [`Error`] and [`ProtocolError`]: what can go wrong.
 //! - [`Access`] and [`AccessError`], re-exported from `ipcplane-shm`.
 //!
@@ -30,7 +38,9 @@
 //! (after 10 ms, doubling up to 1 s between attempts, for as long as the
 //! connection exists), says hello, and re-presents every segment the process
 //! still holds: its id, the secret token the agent issued with the grant, and
-//! the memfd itself, so the restarted agent counts the attachment again. Only
+//! the memfd itself (and a ring's doorbell, which the restarted agent adopts
+//! so that every holder keeps ringing the same one), so the restarted agent
+//! counts the attachment again. Only
 //! to a restarted agent, though: the agent picks a random instance number at
 //! each start and says it in each hello, and one that is still the same (it
 //! closed the connection, say after a protocol error) still counts the
@@ -75,13 +85,21 @@
 mod client;
 mod connection;
 mod error;
+pub mod ring;
 mod segment;
+mod sync;
 mod wire;
 
+/// Plain-old-data types for [`ring::Producer::send_pod`] and
+/// [`ring::Sample::read_pod`] (`#[derive(Pod, Zeroable)]`).
+pub use bytemuck::{self, Pod, Zeroable};
 pub use client::{Client, DEFAULT_TIMEOUT, Identity, SegmentBuilder};
 pub use error::{Error, ProtocolError};
 pub use ipcplane_shm::Access;
 pub use ipcplane_shm::mapping::{AccessError, MapError};
+pub use ipcplane_shm::{event::EventError, semaphore::SemaphoreError};
 pub use segment::{
-    Lifetime, Segment, SegmentId, SegmentInfo, SegmentRef, SegmentState, SharingMode,
+    Lifetime, RingParams, Segment, SegmentId, SegmentInfo, SegmentKind, SegmentRef, SegmentState,
+    SharingMode,
 };
+pub use sync::{Event, EventBuilder, Semaphore, SemaphoreBuilder};

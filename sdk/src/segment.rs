@@ -2,7 +2,7 @@
 //! types that describe segments.
 
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -10,7 +10,7 @@ use ipcplane_proto::v1;
 use ipcplane_shm::mapping::{AccessError, Mapping};
 use ipcplane_shm::{Access, memfd};
 
-use crate::connection::Attachment;
+use crate::connection::{Attachment, Granted};
 use crate::error::{Error, ProtocolError};
 use crate::wire::Grant;
 
@@ -184,6 +184,62 @@ impl SegmentState {
     }
 }
 
+/// What a segment holds. The agent writes the header of every kind but
+/// [`Plain`](Self::Plain) before the first grant; open each kind with its
+/// own call ([`Client::open_segment`](crate::Client::open_segment),
+/// [`Client::open_ring`](crate::Client::open_ring), ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SegmentKind {
+    /// Bytes only, no header.
+    Plain,
+    /// A message ring ([`Ring`](crate::ring::Ring)).
+    Ring,
+    /// A counting semaphore ([`Semaphore`](crate::Semaphore)).
+    Semaphore,
+    /// An event ([`Event`](crate::Event)).
+    Event,
+}
+
+impl SegmentKind {
+    fn from_proto(value: i32) -> Result<Self, ProtocolError> {
+        match v1::SegmentKind::try_from(value) {
+            // An agent from before kinds existed knows only plain segments.
+            Ok(v1::SegmentKind::Unspecified | v1::SegmentKind::Plain) => Ok(Self::Plain),
+            Ok(v1::SegmentKind::Ring) => Ok(Self::Ring),
+            Ok(v1::SegmentKind::Semaphore) => Ok(Self::Semaphore),
+            Ok(v1::SegmentKind::Event) => Ok(Self::Event),
+            Err(_) => Err(ProtocolError::UnknownValue {
+                field: "kind",
+                value,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SegmentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Plain => "plain",
+            Self::Ring => "ring",
+            Self::Semaphore => "semaphore",
+            Self::Event => "event",
+        })
+    }
+}
+
+/// A ring's parameters as the agent created it (defaults filled in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct RingParams {
+    /// Bytes of records per producer lane.
+    pub capacity_bytes: u64,
+    /// Largest message in bytes.
+    pub max_message_bytes: u64,
+    /// Most producers at once.
+    pub producers: u32,
+}
+
 /// A segment as the agent recorded it when it was granted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -212,6 +268,12 @@ pub struct SegmentInfo {
     pub create_time: Option<SystemTime>,
     /// When it was last attached.
     pub attach_time: Option<SystemTime>,
+    /// What it holds.
+    pub kind: SegmentKind,
+    /// A ring's parameters; `None` for other kinds.
+    pub ring: Option<RingParams>,
+    /// A semaphore's units at creation; `None` for other kinds.
+    pub semaphore_initial_value: Option<u32>,
 }
 
 impl SegmentInfo {
@@ -223,7 +285,24 @@ impl SegmentInfo {
                 .transpose()
                 .map_err(|_| ProtocolError::InvalidTimestamp { field })
         };
+        let (ring, semaphore_initial_value) = match segment.layout {
+            Some(v1::segment::Layout::Ring(ring)) => (
+                Some(RingParams {
+                    capacity_bytes: ring.capacity_bytes,
+                    max_message_bytes: ring.max_message_bytes,
+                    producers: ring.producers,
+                }),
+                None,
+            ),
+            Some(v1::segment::Layout::Semaphore(semaphore)) => {
+                (None, Some(semaphore.initial_value))
+            }
+            None => (None, None),
+        };
         Ok(Self {
+            kind: SegmentKind::from_proto(segment.kind)?,
+            ring,
+            semaphore_initial_value,
             id: SegmentId(segment.id),
             name: Some(segment.name).filter(|name| !name.is_empty()),
             tenant: segment.tenant,
@@ -265,6 +344,9 @@ pub struct Segment {
 /// Checks that a grant's fd allows the access granted, maps it and checks
 /// its size against the agent's record.
 pub(crate) fn map_grant(grant: &Grant) -> Result<Mapping, Error> {
+    if let Some(doorbell) = &grant.doorbell {
+        check_doorbell(doorbell)?;
+    }
     let found = memfd::access_of(grant.fd.as_fd()).map_err(ProtocolError::FdAccessMode)?;
     if found != grant.access {
         return Err(ProtocolError::FdAccess {
@@ -285,14 +367,31 @@ pub(crate) fn map_grant(grant: &Grant) -> Result<Mapping, Error> {
     Ok(mapping)
 }
 
+/// Checks that a ring's doorbell is an eventfd, so that nothing else (a
+/// pipe or a socket the agent never sends) is written to or waited on.
+fn check_doorbell(doorbell: &OwnedFd) -> Result<(), ProtocolError> {
+    let path = format!("/proc/self/fd/{}", doorbell.as_raw_fd());
+    match std::fs::read_link(path) {
+        Ok(target) if target.as_os_str() == "anon_inode:[eventfd]" => Ok(()),
+        Ok(target) => Err(ProtocolError::Doorbell {
+            found: target.to_string_lossy().into_owned(),
+        }),
+        Err(err) => Err(ProtocolError::Doorbell {
+            found: err.to_string(),
+        }),
+    }
+}
+
 impl Segment {
-    /// Assembles a segment whose grant has been validated.
-    pub(crate) fn new(
-        info: SegmentInfo,
-        mapping: Mapping,
-        fd: Arc<OwnedFd>,
-        attachment: Attachment,
-    ) -> Self {
+    /// Assembles a segment from a validated, registered grant.
+    pub(crate) fn new(granted: Granted) -> Self {
+        let Granted {
+            info,
+            mapping,
+            fd,
+            attachment,
+            ..
+        } = granted;
         Self {
             info,
             mapping,
@@ -397,6 +496,12 @@ mod tests {
                 nanos: 5,
             }),
             attach_time: None,
+            kind: v1::SegmentKind::Ring.into(),
+            layout: Some(v1::segment::Layout::Ring(v1::RingSpec {
+                capacity_bytes: 4096,
+                max_message_bytes: 100,
+                producers: 2,
+            })),
         }
     }
 
@@ -419,8 +524,49 @@ mod tests {
                 attachment_count: 2,
                 create_time: Some(SystemTime::UNIX_EPOCH + Duration::new(10, 5)),
                 attach_time: None,
+                kind: SegmentKind::Ring,
+                ring: Some(RingParams {
+                    capacity_bytes: 4096,
+                    max_message_bytes: 100,
+                    producers: 2,
+                }),
+                semaphore_initial_value: None,
             }
         );
+    }
+
+    #[test]
+    fn segment_info_reads_an_unspecified_kind_as_plain_and_a_semaphores_value() {
+        let plain = SegmentInfo::from_proto(v1::Segment {
+            kind: 0,
+            layout: None,
+            ..proto_segment()
+        })
+        .unwrap();
+        let semaphore = SegmentInfo::from_proto(v1::Segment {
+            kind: v1::SegmentKind::Semaphore.into(),
+            layout: Some(v1::segment::Layout::Semaphore(v1::SemaphoreSpec {
+                initial_value: 3,
+            })),
+            ..proto_segment()
+        })
+        .unwrap();
+
+        assert_eq!((plain.kind, plain.ring), (SegmentKind::Plain, None));
+        assert_eq!(
+            (semaphore.kind, semaphore.semaphore_initial_value),
+            (SegmentKind::Semaphore, Some(3))
+        );
+        assert!(matches!(
+            SegmentInfo::from_proto(v1::Segment {
+                kind: 9,
+                ..proto_segment()
+            }),
+            Err(ProtocolError::UnknownValue {
+                field: "kind",
+                value: 9
+            })
+        ));
     }
 
     #[test]

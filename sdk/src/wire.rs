@@ -13,7 +13,7 @@ use prost::Message;
 
 use crate::client::Identity;
 use crate::error::{Error, ProtocolError};
-use crate::segment::{SegmentId, SegmentInfo};
+use crate::segment::{SegmentId, SegmentInfo, SegmentKind};
 
 /// Encodes one request datagram.
 pub(crate) fn encode_request(request_id: u64, kind: grant_request::Kind) -> Result<Vec<u8>, Error> {
@@ -199,13 +199,15 @@ pub(crate) struct UncheckedGrant {
     fds: Vec<OwnedFd>,
 }
 
-/// A grant of the access requested, with exactly one fd.
+/// A grant of the access requested, with its memfd and, for a ring, the
+/// ring's doorbell.
 #[derive(Debug)]
 pub(crate) struct Grant {
     pub(crate) info: SegmentInfo,
     pub(crate) access: Access,
     pub(crate) token: Token,
     pub(crate) fd: OwnedFd,
+    pub(crate) doorbell: Option<OwnedFd>,
 }
 
 /// A segment's secret from its grant. With it and the fd, the holder
@@ -242,7 +244,7 @@ impl UncheckedGrant {
     }
 
     /// Checks the grant's fields, that its access is `requested`, and that
-    /// exactly one fd came with it.
+    /// its fds came with it: the memfd, and a ring's doorbell second.
     pub(crate) fn validate(self, requested: Access) -> Result<Grant, ProtocolError> {
         let info = SegmentInfo::from_proto(self.segment)?;
         let access = access_from_proto(self.access)?;
@@ -252,18 +254,21 @@ impl UncheckedGrant {
                 granted: access,
             });
         }
-        let [fd]: [OwnedFd; 1] =
-            self.fds
-                .try_into()
-                .map_err(|fds: Vec<OwnedFd>| ProtocolError::FdCount {
-                    expected: 1,
-                    found: fds.len(),
-                })?;
+        let expected = if info.kind == SegmentKind::Ring { 2 } else { 1 };
+        if self.fds.len() != expected {
+            return Err(ProtocolError::FdCount {
+                expected,
+                found: self.fds.len(),
+            });
+        }
+        let mut fds = self.fds.into_iter();
+        let fd = fds.next().expect("counted above");
         Ok(Grant {
             info,
             access,
             token: self.token,
             fd,
+            doorbell: fds.next(),
         })
     }
 }
@@ -585,6 +590,43 @@ mod tests {
             ProtocolError::FdCount {
                 expected: 1,
                 found: 2
+            }
+        ));
+    }
+
+    #[test]
+    fn a_ring_grant_carries_the_memfd_and_the_doorbell() {
+        let ring_grant = || {
+            grant_response::Kind::Segment(SegmentGrant {
+                segment: Some(v1::Segment {
+                    id: 9,
+                    size_bytes: 4096,
+                    state: v1::SegmentState::Active.into(),
+                    kind: v1::SegmentKind::Ring.into(),
+                    ..v1::Segment::default()
+                }),
+                access: v1::Access::ReadWrite.into(),
+                token: vec![7; 16],
+            })
+        };
+
+        let grant = reply(ring_grant(), vec![memfd(), memfd()])
+            .into_segment_grant()
+            .unwrap()
+            .validate(Access::ReadWrite)
+            .unwrap();
+        let err = reply(ring_grant(), vec![memfd()])
+            .into_segment_grant()
+            .unwrap()
+            .validate(Access::ReadWrite)
+            .unwrap_err();
+
+        assert!(grant.doorbell.is_some());
+        assert!(matches!(
+            err,
+            ProtocolError::FdCount {
+                expected: 2,
+                found: 1
             }
         ));
     }
