@@ -16,6 +16,8 @@ use ipcplane_proto::v1;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use tonic::transport::{Channel, Endpoint};
 
+pub mod datapath;
+
 /// How long an agent may take to start or stop before the test fails.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 

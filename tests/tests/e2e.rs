@@ -18,10 +18,12 @@ use prost::Message;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 mod cli;
+mod datapath;
 mod lifetimes;
 mod purge;
 mod reconnect;
 mod restart;
+mod rings;
 mod watch;
 
 pub(crate) const PEER: &str = env!("CARGO_BIN_EXE_ipcplane-peer");

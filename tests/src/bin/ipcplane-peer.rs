@@ -22,11 +22,21 @@
 //!
 //! - `reattach-stdin <id> <token-hex>`: present stdin's fd as segment `id`
 //!   over a raw grant connection; print `outcome=allowed` or `error=<code>`.
+//! - `ring-consume <name> <count>`: open ring `name`, receive `count`
+//!   `u64` messages that must be 1, 2, ... in order; print `received=` and
+//!   `lanes=` (how many producer lanes they came from).
+//! - `ring-produce <name> <count>`: open ring `name` and attach a producer,
+//!   print `ready=1`, wait for a line on stdin, then send `u64` messages
+//!   1 to `count`; print `sent=`.
+//! - `sem-pong <ping> <pong> <rounds>`: open both semaphores; `rounds` times
+//!   acquire `ping` and release `pong`; print `rounds=`.
+//! - `event-wait <name>`: open event `name`, read its sequence, print
+//!   `ready=1`, and wait for a notification after it; print `woken=1`.
 //!
 //! Failures print `error=<kind>` and `message=<text>` and exit 3.
 #![forbid(unsafe_code)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
@@ -51,6 +61,9 @@ fn run(args: &[String]) -> Result<(), Error> {
         return reattach_stdin(args);
     }
     let client = Client::connect()?;
+    if let Some(result) = run_typed(&client, args) {
+        return result;
+    }
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
     match arg(0) {
         "open" => {
@@ -239,6 +252,73 @@ fn reattach_stdin(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// How long the ring, semaphore and event commands wait for their peer.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The ring, semaphore and event commands, `None` for another command.
+fn run_typed(client: &Client, args: &[String]) -> Option<Result<(), Error>> {
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    let count = || arg(2).parse::<u64>().unwrap_or(0);
+    let result = match arg(0) {
+        "ring-consume" => (|| {
+            let ring = client.open_ring(target(arg(1)))?;
+            let mut consumer = ring.consumer()?;
+            consumer.set_timeout(Some(WAIT));
+            let mut lanes = std::collections::BTreeSet::new();
+            for expected in 1..=count() {
+                let sample = consumer.recv()?;
+                let value: u64 = sample.read_pod()?;
+                lanes.insert(sample.lane());
+                if value != expected {
+                    println!("error=out_of_order");
+                    println!("message=expected {expected}, received {value}");
+                    std::process::exit(3);
+                }
+            }
+            println!("received={}", count());
+            println!("lanes={}", lanes.len());
+            Ok(())
+        })(),
+        "ring-produce" => (|| {
+            let ring = client.open_ring(target(arg(1)))?;
+            let mut producer = ring.producer()?;
+            producer.set_timeout(Some(WAIT));
+            println!("ready=1");
+            let _ = std::io::stdout().flush();
+            std::io::stdin()
+                .read_line(&mut String::new())
+                .map_err(Error::Io)?;
+            for value in 1..=count() {
+                producer.send_pod(&value)?;
+            }
+            println!("sent={}", count());
+            Ok(())
+        })(),
+        "sem-pong" => (|| {
+            let ping = client.open_semaphore(target(arg(1)))?;
+            let pong = client.open_semaphore(target(arg(2)))?;
+            let rounds = arg(3).parse::<u64>().unwrap_or(0);
+            for _ in 0..rounds {
+                ping.acquire(Some(WAIT))?;
+                pong.release()?;
+            }
+            println!("rounds={rounds}");
+            Ok(())
+        })(),
+        "event-wait" => (|| {
+            let event = client.open_event(target(arg(1)))?;
+            let seen = event.sequence();
+            println!("ready=1");
+            let _ = std::io::stdout().flush();
+            event.wait_since(seen, Some(WAIT))?;
+            println!("woken=1");
+            Ok(())
+        })(),
+        _ => return None,
+    };
+    Some(result)
+}
+
 /// Offsets of the stream commands' two words: the producer's latest
 /// message number, and the consumer's acknowledgement of it.
 const DATA: usize = 0;
@@ -264,7 +344,6 @@ fn stop_when_stdin_closes() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
 /// Keeps `segment` mapped (and attached) until the test closes our stdin,
 /// then exits without detaching: the agent must notice the exit itself.
 fn hold_until_stdin_closes<T>(_held: T) {
-    use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     // Exit skips destructors: no detach is sent.
@@ -300,6 +379,7 @@ fn kind(error: &Error) -> &'static str {
         Error::InvalidArgument { .. } => "invalid_argument",
         Error::AlreadyExists { .. } => "already_exists",
         Error::Connect { .. } => "connect",
+        Error::WrongKind { .. } => "wrong_kind",
         _ => "other",
     }
 }

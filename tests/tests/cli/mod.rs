@@ -305,7 +305,7 @@ fn table_output_is_aligned_under_a_header_and_wide_output_has_more_columns() {
     assert_eq!(
         header,
         [
-            "ID", "NAME", "TENANT", "SIZE", "LIFETIME", "STATE", "ATTACHED", "CREATED"
+            "ID", "NAME", "TENANT", "KIND", "SIZE", "LIFETIME", "STATE", "ATTACHED", "CREATED"
         ]
     );
     assert_eq!(rows.len(), 2, "{}", text(&output.stdout));
@@ -313,13 +313,14 @@ fn table_output_is_aligned_under_a_header_and_wide_output_has_more_columns() {
         .iter()
         .zip([(&short, "a", "4KiB"), (&long, "a-much-longer-name", "1MiB")])
     {
-        let created = &row[7];
+        let created = &row[8];
         assert_eq!(
-            row[..7],
+            row[..8],
             [
                 segment.id().to_string(),
                 name.to_owned(),
                 own_tenant(),
+                "plain".to_owned(),
                 size.to_owned(),
                 "persistent".to_owned(),
                 "active".to_owned(),
@@ -344,7 +345,9 @@ fn table_output_is_aligned_under_a_header_and_wide_output_has_more_columns() {
             "ID",
             "NAME",
             "TENANT",
+            "KIND",
             "SIZE",
+            "PARAMS",
             "MODE",
             "LIFETIME",
             "TTL",
@@ -358,11 +361,12 @@ fn table_output_is_aligned_under_a_header_and_wide_output_has_more_columns() {
     );
     assert!(wide_header.len() > header.len());
     for row in &wide_rows {
-        assert_eq!(row[4], "rw");
-        assert_eq!(row[6], "-", "no ttl");
-        assert_eq!(row[9], std::process::id().to_string());
+        assert_eq!(row[5], "-", "no parameters");
+        assert_eq!(row[6], "rw");
+        assert_eq!(row[8], "-", "no ttl");
+        assert_eq!(row[11], std::process::id().to_string());
         assert_eq!(
-            row[10],
+            row[12],
             rustix::process::getuid().as_raw().to_string(),
             "{row:?}"
         );
