@@ -467,26 +467,22 @@ impl Consumer {
 #[cfg(feature = "tokio")]
 impl Consumer {
     /// Borrows the next message, waiting for it without blocking the
-    /// thread: the consumer marks the ring so that the next commit writes
+    /// thread: the consumer says it is parked, so that the next commit writes
     /// the ring's doorbell (an eventfd, registered with tokio's reactor on
     /// the first call), and sleeps until it does. Needs a tokio runtime with
     /// I/O enabled; the consumer stays registered with the runtime of its
-    /// first call. Cancel-safe: dropping the future takes the marks back.
+    /// first call. Cancel-safe: dropping the future takes the park back.
     ///
     /// # Errors
     /// [`Error::RingRecv`] with [`RecvError::Corrupted`], or [`Error::Io`]
     /// if the doorbell cannot be registered or read.
     pub async fn recv_async(&mut self) -> Result<Sample<'_>, Error> {
-        // Failed marks in a row with no message: a mark left by a consumer
-        // that died while waiting blocks ours until the next message, so
-        // poll gently instead of spinning.
-        let mut stalled = 0_u32;
         loop {
             if self.has_message()? {
                 break;
             }
+            // `false`: a message arrived meanwhile; look again.
             if self.inner.park_async().map_err(Error::RingRecv)? {
-                stalled = 0;
                 let doorbell = match &mut self.doorbell {
                     Some(doorbell) => doorbell,
                     empty => empty.insert(register(self.ring.dup_doorbell()?)?),
@@ -495,11 +491,6 @@ impl Consumer {
                 let rung = ring_heard(doorbell).await;
                 drop(parked);
                 rung?;
-            } else if stalled < 1 {
-                // A message (or a wrap to one) arrived meanwhile: look again.
-                stalled += 1;
-            } else {
-                tokio::time::sleep(STALLED_POLL).await;
             }
         }
         // A message waits and nothing else takes it: only a peer rewriting
@@ -511,12 +502,7 @@ impl Consumer {
     }
 }
 
-/// How often [`Consumer::recv_async`] looks for a message when it cannot
-/// mark the ring.
-#[cfg(feature = "tokio")]
-const STALLED_POLL: Duration = Duration::from_millis(1);
-
-/// Takes a consumer's async marks back when dropped, also when the future
+/// Takes a consumer's async park back when dropped, also when the future
 /// waiting on the doorbell is.
 #[cfg(feature = "tokio")]
 struct Parked<'a>(&'a mut shm::Consumer);

@@ -29,9 +29,9 @@ mod watch;
 pub(crate) const PEER: &str = env!("CARGO_BIN_EXE_ipcplane-peer");
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts a helper peer command with its stdin kept open (closing it ends the
-/// peer) and returns it with the id it printed on its first line.
-fn spawn_holding(command: &mut Command) -> (std::process::Child, u64) {
+/// Starts a helper peer command with stdin and stdout piped (closing stdin
+/// ends a holding peer) and returns it with the first line it printed.
+fn spawn_first_line(command: &mut Command) -> (std::process::Child, String) {
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -41,8 +41,14 @@ fn spawn_holding(command: &mut Command) -> (std::process::Child, u64) {
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
+    (child, line.trim().to_owned())
+}
+
+/// Starts a helper peer command with its stdin kept open (closing it ends the
+/// peer) and returns it with the id it printed on its first line.
+fn spawn_holding(command: &mut Command) -> (std::process::Child, u64) {
+    let (child, line) = spawn_first_line(command);
     let id = line
-        .trim()
         .strip_prefix("id=")
         .unwrap_or_else(|| panic!("{command:?} printed {line:?}"))
         .parse()

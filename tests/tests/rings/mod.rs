@@ -3,8 +3,8 @@
 //! real processes exchange messages, units and notifications through them,
 //! blocking and async, across an agent restart too.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::Write;
+use std::process::{Child, ChildStdin, Command};
 use std::time::Duration;
 
 use ipcplane::ring::{RecvError, RingLayout};
@@ -12,21 +12,15 @@ use ipcplane::{Error, SegmentKind};
 use ipcplane_e2e::{TestAgent, run, wait_with_timeout};
 use ipcplane_proto::v1;
 
-use super::{PEER, TIMEOUT, events_with, eventually, fields, runtime, stderr, stdout};
+use super::{
+    PEER, TIMEOUT, events_with, eventually, fields, runtime, spawn_first_line, stderr, stdout,
+};
 
 /// A peer command started with stdin and stdout piped, once it printed
 /// `ready=1`: its stdin (a line on it is its go) and the child.
 fn spawn_ready(command: &mut Command) -> (Child, ChildStdin) {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready=1", "{command:?} printed {line:?}");
+    let (mut child, line) = spawn_first_line(command);
+    assert_eq!(line, "ready=1", "{command:?} printed {line:?}");
     let stdin = child.stdin.take().unwrap();
     (child, stdin)
 }
