@@ -473,7 +473,7 @@ fn identify(socket: &OwnedFd) -> io::Result<Peer> {
         )));
     }
     let pidfd = ipcplane_shm::peer::peer_pidfd(socket.as_fd()).map_err(refuse)?;
-    let start_time = process_start_time(cred.pid);
+    let start_time = ipcplane_shm::peer::process_start_time(cred.pid);
     if pidfd_pid(&pidfd)? != Some(cred.pid) {
         let gone = io::Error::new(
             io::ErrorKind::NotConnected,
@@ -490,17 +490,6 @@ fn identify(socket: &OwnedFd) -> io::Result<Peer> {
         gid: cred.gid,
         pidfd: Some(pidfd),
     })
-}
-
-/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks
-/// after boot. The command name (field 2) may hold spaces and parentheses, so
-/// fields are counted after its last `)`.
-fn process_start_time(pid: u32) -> io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .and_then(|field| field.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("cannot read the start time of pid {pid}")))
 }
 
 /// The pid a pidfd refers to (`Pid:` in its fdinfo), `None` once it exited.

@@ -216,11 +216,13 @@ impl Ring {
         })
     }
 
-    /// Attaches the consumer. A ring has one consumer at a time: a second
-    /// one loses or repeats messages (it cannot break this process, though).
+    /// Attaches the consumer. A ring has one consumer at a time, until it is
+    /// dropped or its process exits; the next one starts where it left off
+    /// (messages the old one took but had not released come again).
     ///
     /// # Errors
-    /// [`Error::RingLayout`] for a header that is not a valid ring.
+    /// [`Error::RingLayout`]: [`LayoutError::ConsumerTaken`] while another
+    /// consumer lives, or a header that is not a valid ring.
     pub fn consumer(&self) -> Result<Consumer, Error> {
         let inner = shm::Consumer::from_mapping(Arc::clone(&self.shared.mapping))
             .map_err(Error::RingLayout)?;

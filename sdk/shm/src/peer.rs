@@ -189,6 +189,22 @@ fn open_pidfd(pid: u32) -> io::Result<OwnedFd> {
     Ok(pidfd_open(pid, PidfdFlags::empty())?)
 }
 
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks
+/// after boot. With the pid it names one process for good (a reused pid has
+/// another start time). The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted after its last `)`.
+///
+/// # Errors
+/// `NotFound` once the process is gone, or the error of reading or parsing
+/// the file.
+pub fn process_start_time(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("cannot read the start time of pid {pid}")))
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;

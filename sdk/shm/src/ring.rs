@@ -128,6 +128,8 @@ mod header {
     pub(super) const WAKE: usize = super::LINE_WORDS;
     /// How the consumer sleeps (`AWAKE`, `PARKED`, `PARKED_ASYNC`).
     pub(super) const PARKED: usize = super::LINE_WORDS + 1;
+    /// Token of the consumer's process, 0 if there is none.
+    pub(super) const CONSUMER: usize = super::LINE_WORDS + 2;
 }
 
 /// Word indices in a lane header.
@@ -234,6 +236,9 @@ pub enum LayoutError {
         /// The ring's lane count.
         lanes: usize,
     },
+    /// The ring has a live consumer already.
+    #[error("the ring has a consumer already")]
+    ConsumerTaken,
 }
 
 /// Why a send or a loan failed.
@@ -685,6 +690,7 @@ pub unsafe fn init(ptr: NonNull<u8>, len: usize, layout: RingLayout) -> Result<(
         (header::LANES, layout.lanes as u64),
         (header::WAKE, 0),
         (header::PARKED, AWAKE),
+        (header::CONSUMER, 0),
     ] {
         region.word(index).store(value, Ordering::Relaxed);
     }
@@ -727,29 +733,112 @@ fn mapping_base(mapping: &Mapping) -> Result<NonNull<u8>, LayoutError> {
     NonNull::new(mapping.as_ptr()).ok_or(LayoutError::Misaligned)
 }
 
-/// This process's token in a lane's `owner` word.
-fn owner_token() -> u64 {
-    u64::from(std::process::id())
+/// Who holds an endpoint role (a lane's producer, the consumer), in the
+/// role's owner word: 0 when free, else [`Owner::token`] of a process. The
+/// token packs the pid (22 bits, `PID_MAX_LIMIT`), the low 20 bits of the
+/// process's start time and the low 22 bits of its pid namespace's inode, so
+/// a reused pid or a process of another namespace is not taken for the owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Owner {
+    pid: u64,
+    start: u64,
+    namespace: u64,
 }
 
-/// Whether the process behind an `owner` token is gone, so its lane can be
-/// taken over. A reused pid reads as alive, which only keeps the lane taken.
-#[cfg(not(loom))]
-fn owner_is_gone(token: u64) -> bool {
-    let pid = i32::try_from(token)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw);
-    match pid {
-        Some(pid) => rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH),
-        // Not a pid at all: garbage from a peer; the lane is unusable anyway.
-        None => false,
+impl Owner {
+    const PID_BITS: u32 = 22;
+    const START_BITS: u32 = 20;
+
+    /// This process.
+    fn current() -> Self {
+        let pid = std::process::id();
+        #[cfg(not(loom))]
+        let (start, namespace) = (
+            crate::peer::process_start_time(pid).unwrap_or(0),
+            pid_namespace(),
+        );
+        #[cfg(loom)]
+        let (start, namespace) = (0, 0);
+        Self::masked(u64::from(pid), start, namespace)
+    }
+
+    fn masked(pid: u64, start: u64, namespace: u64) -> Self {
+        let mask = |bits: u32| (1_u64 << bits) - 1;
+        Self {
+            pid: pid & mask(Self::PID_BITS),
+            start: start & mask(Self::START_BITS),
+            namespace: namespace & mask(64 - Self::PID_BITS - Self::START_BITS),
+        }
+    }
+
+    fn token(self) -> u64 {
+        self.namespace << (Self::PID_BITS + Self::START_BITS)
+            | self.start << Self::PID_BITS
+            | self.pid
+    }
+
+    fn from_token(token: u64) -> Self {
+        Self::masked(
+            token,
+            token >> Self::PID_BITS,
+            token >> (Self::PID_BITS + Self::START_BITS),
+        )
+    }
+
+    /// Whether the process behind `token` is surely gone, so its role can be
+    /// taken over: its pid is free, or names a process started at another
+    /// time, in this pid namespace. Anything else (another namespace, an
+    /// unreadable `/proc`) reads as alive, which only keeps the role taken.
+    #[cfg(not(loom))]
+    fn is_gone(token: u64) -> bool {
+        let owner = Self::from_token(token);
+        let here = Self::current();
+        if owner.pid == 0 || owner.namespace != here.namespace {
+            return false;
+        }
+        let pid = u32::try_from(owner.pid).unwrap_or(u32::MAX);
+        match crate::peer::process_start_time(pid) {
+            Ok(start) => Self::masked(owner.pid, start, owner.namespace) != owner,
+            Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+
+    /// Under loom there are no other processes.
+    #[cfg(loom)]
+    fn is_gone(_token: u64) -> bool {
+        false
+    }
+
+    /// Takes the role in `word` for this process if it is free or its
+    /// holder is gone; returns this process's token if so.
+    fn claim(word: &AtomicU64) -> Option<u64> {
+        let token = Self::current().token();
+        // ORDERING: Acquire on success; pairs with the Release store of 0 in
+        // `Owner::release`, so the previous holder's index is visible.
+        match word.compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => Some(token),
+            Err(other) if Self::is_gone(other) => word
+                // ORDERING: Acquire, as above (a dead holder never released).
+                .compare_exchange(other, token, Ordering::Acquire, Ordering::Relaxed)
+                .ok()
+                .map(|_| token),
+            Err(_) => None,
+        }
+    }
+
+    /// Gives the role in `word` back, if `token` still holds it.
+    fn release(word: &AtomicU64, token: u64) {
+        // ORDERING: Release; pairs with the Acquire claim in `Owner::claim`,
+        // handing this holder's index to the next one.
+        let _ = word.compare_exchange(token, 0, Ordering::Release, Ordering::Relaxed);
     }
 }
 
-/// Under loom there are no other processes.
-#[cfg(loom)]
-fn owner_is_gone(_token: u64) -> bool {
-    false
+/// The inode of this process's pid namespace (0 if unreadable).
+#[cfg(not(loom))]
+fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |meta| meta.ino())
 }
 
 /// The sending side of one lane of a ring.
@@ -762,6 +851,8 @@ pub struct Producer {
     /// The consumer's index as last loaded and validated.
     tail_cache: u64,
     corrupted: bool,
+    /// Our token in the lane's `owner` word.
+    token: u64,
     /// Rung when a commit finds the consumer parked on it.
     #[cfg(not(loom))]
     doorbell: Option<OwnedFd>,
@@ -808,22 +899,10 @@ impl Producer {
 
     /// Claims a free lane, or one whose owner is gone.
     fn claim(region: Region) -> Result<Self, LayoutError> {
-        let token = owner_token();
         for lane_index in 0..region.layout.lanes {
             let owner = region.word(region.lane_word(lane_index, lane::OWNER));
-            // ORDERING: Acquire on success; pairs with the Release store of 0
-            // in `Drop`, so the previous producer's `head` is visible.
-            let claimed =
-                match owner.compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed) {
-                    Ok(_) => true,
-                    Err(other) if owner_is_gone(other) => owner
-                        // ORDERING: Acquire, as above (a dead owner never released).
-                        .compare_exchange(other, token, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok(),
-                    Err(_) => false,
-                };
-            if claimed {
-                return Ok(Self::resume(region, lane_index));
+            if let Some(token) = Owner::claim(owner) {
+                return Ok(Self::resume(region, lane_index, token));
             }
         }
         Err(LayoutError::LanesTaken {
@@ -837,12 +916,13 @@ impl Producer {
     /// publishing `head`, and may have left partial records in free space;
     /// so the record at `head` is skipped if committed (or already
     /// consumed), and the free space's slot words are cleared.
-    fn resume(region: Region, lane_index: usize) -> Self {
+    fn resume(region: Region, lane_index: usize, token: u64) -> Self {
         let mut producer = Self {
             lane: lane_index,
             head: 0,
             tail_cache: 0,
             corrupted: false,
+            token,
             #[cfg(not(loom))]
             doorbell: None,
             region,
@@ -1305,14 +1385,7 @@ impl Loan<'_> {
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        // ORDERING: Release; pairs with the Acquire claim in
-        // `Producer::claim`, handing `head` to the next producer.
-        let _ = self.lane_word(lane::OWNER).compare_exchange(
-            owner_token(),
-            0,
-            Ordering::Release,
-            Ordering::Relaxed,
-        );
+        Owner::release(self.lane_word(lane::OWNER), self.token);
     }
 }
 
@@ -1347,24 +1420,29 @@ pub struct Consumer {
     /// Lane to look at first next time, so no lane starves the others.
     next_lane: usize,
     corrupted: bool,
+    /// Our token in the ring's consumer word.
+    token: u64,
 }
 
 impl Consumer {
     /// Attaches the consumer to an initialised ring region, after checking
     /// its alignment, size and header.
     ///
-    /// A ring has one consumer; a second one causes no undefined behaviour,
-    /// only lost or repeated messages and errors.
+    /// A ring has one consumer: the role is taken while this one lives, or
+    /// until its process is gone (then the next consumer starts from the
+    /// last progress it published, so messages it took but had not yet
+    /// released are delivered again).
     ///
     /// # Errors
-    /// A [`LayoutError`] naming the first check that failed.
+    /// A [`LayoutError`] naming the first check that failed, or
+    /// [`LayoutError::ConsumerTaken`].
     ///
     /// # Safety
     /// As for [`Producer::attach`].
     pub unsafe fn attach(ptr: NonNull<u8>, len: usize) -> Result<Self, LayoutError> {
         // SAFETY: the caller upholds the same contract.
         let region = unsafe { Region::attach(ptr, len, None) }?;
-        Ok(Self::start(region))
+        Self::start(region)
     }
 
     /// Attaches the consumer to the ring in a mapping, which it keeps alive.
@@ -1376,10 +1454,14 @@ impl Consumer {
         let len = mapping.len();
         // SAFETY: as in `Producer::from_mapping`.
         let region = unsafe { Region::attach(base, len, Some(mapping)) }?;
-        Ok(Self::start(region))
+        Self::start(region)
     }
 
-    fn start(region: Region) -> Self {
+    /// Takes the consumer role (free, or held by a process that is gone)
+    /// and starts where the last consumer published its progress.
+    fn start(region: Region) -> Result<Self, LayoutError> {
+        let token =
+            Owner::claim(region.word(header::CONSUMER)).ok_or(LayoutError::ConsumerTaken)?;
         let tails: Vec<u64> = (0..region.layout.lanes)
             .map(|lane_index| {
                 // ORDERING: Relaxed; our own index, published by the previous
@@ -1390,13 +1472,14 @@ impl Consumer {
                     & !(RECORD_ALIGN as u64 - 1)
             })
             .collect();
-        Self {
+        Ok(Self {
             corrupted: tails.iter().any(|&tail| tail > MAX_POSITION),
             region,
             published: tails.clone(),
             tails,
             next_lane: 0,
-        }
+            token,
+        })
     }
 
     /// The ring's sizes.
@@ -1761,6 +1844,7 @@ impl Drop for Consumer {
         if !self.corrupted {
             self.flush();
         }
+        Owner::release(self.region.word(header::CONSUMER), self.token);
     }
 }
 
@@ -2382,15 +2466,54 @@ mod tests {
             .store(16, Ordering::Relaxed);
         region.slot(0, 40).store(COMMITTED | 5, Ordering::Relaxed);
         std::mem::forget(producer);
-        region
-            .word(region.lane_word(0, lane::OWNER))
-            .store(dead, Ordering::Relaxed);
+        region.word(region.lane_word(0, lane::OWNER)).store(
+            Owner::masked(dead, 0, pid_namespace()).token(),
+            Ordering::Relaxed,
+        );
 
         let mut heir = heap.producer();
         assert_eq!(heir.lane(), 0);
         heir.try_send(b"three").unwrap();
         let got: Vec<Vec<u8>> = std::iter::from_fn(|| recv_vec(&mut consumer).unwrap()).collect();
         assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+    }
+
+    #[test]
+    fn owner_tokens_tell_a_gone_process_from_a_live_or_foreign_one() {
+        let me = Owner::current();
+        assert_ne!(me.start, 0, "this process's start time is readable");
+        assert_eq!(Owner::from_token(me.token()), me);
+        assert!(!Owner::is_gone(me.token()), "this process");
+        let reused = Owner::masked(me.pid, me.start + 1, me.namespace);
+        assert!(Owner::is_gone(reused.token()), "a reused pid");
+        let foreign = Owner::masked(me.pid, me.start + 1, me.namespace + 1);
+        assert!(!Owner::is_gone(foreign.token()), "another pid namespace");
+        assert!(!Owner::is_gone(0), "no owner");
+    }
+
+    #[test]
+    fn a_ring_has_one_consumer_until_it_drops_or_its_process_is_gone() {
+        let heap = Heap::new(layout(64, 24));
+        let (mut producer, consumer) = heap.pair();
+        // SAFETY: the heap outlives the attempts.
+        let second = || unsafe { Consumer::attach(heap.ptr, heap.len) }.map(|_| ());
+        assert_eq!(second(), Err(LayoutError::ConsumerTaken));
+        drop(consumer);
+        assert_eq!(second(), Ok(()));
+
+        // A consumer that took a message, but died before releasing it, is
+        // replaced; the message comes again.
+        let mut doomed = heap.consumer();
+        producer.try_send(b"again").unwrap();
+        std::mem::forget(doomed.try_recv().unwrap().unwrap());
+        std::mem::forget(doomed);
+        let region = heap.region();
+        let consumer_word = region.word(header::CONSUMER);
+        let me = Owner::current();
+        let dead = Owner::masked(me.pid, me.start + 1, me.namespace).token();
+        consumer_word.store(dead, Ordering::Relaxed);
+        let mut heir = heap.consumer();
+        assert_eq!(recv_vec(&mut heir), Ok(Some(b"again".to_vec())));
     }
 
     #[test]
