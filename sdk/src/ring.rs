@@ -274,6 +274,7 @@ impl Producer {
     }
 
     /// The lane this producer writes.
+    #[inline]
     pub fn lane(&self) -> usize {
         self.inner.lane()
     }
@@ -290,6 +291,7 @@ impl Producer {
     /// # Errors
     /// [`Error::RingSend`]: [`SendError::Full`],
     /// [`SendError::TooLarge`], or [`SendError::Corrupted`].
+    #[inline]
     pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, Error> {
         self.inner.try_loan(len).map_err(Error::RingSend)
     }
@@ -299,6 +301,7 @@ impl Producer {
     /// # Errors
     /// As [`try_loan`](Self::try_loan), with [`SendError::TimedOut`]
     /// instead of `Full`.
+    #[inline]
     pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, Error> {
         self.inner
             .loan(len, self.wait, self.timeout)
@@ -309,6 +312,7 @@ impl Producer {
     ///
     /// # Errors
     /// As [`try_loan`](Self::try_loan).
+    #[inline]
     pub fn try_send(&mut self, data: &[u8]) -> Result<(), Error> {
         self.inner.try_send(data).map_err(Error::RingSend)
     }
@@ -317,6 +321,7 @@ impl Producer {
     ///
     /// # Errors
     /// As [`loan`](Self::loan).
+    #[inline]
     pub fn send(&mut self, data: &[u8]) -> Result<(), Error> {
         self.inner
             .send(data, self.wait, self.timeout)
@@ -340,6 +345,7 @@ impl Producer {
     ///
     /// # Errors
     /// As [`try_send`](Self::try_send).
+    #[inline]
     pub fn try_send_pod<T: Pod>(&mut self, value: &T) -> Result<(), Error> {
         self.try_send(bytemuck::bytes_of(value))
     }
@@ -349,6 +355,7 @@ impl Producer {
     ///
     /// # Errors
     /// As [`send`](Self::send).
+    #[inline]
     pub fn send_pod<T: Pod>(&mut self, value: &T) -> Result<(), Error> {
         self.send(bytemuck::bytes_of(value))
     }
@@ -397,6 +404,7 @@ impl Consumer {
     ///
     /// # Errors
     /// [`Error::RingRecv`] with [`RecvError::Corrupted`].
+    #[inline]
     pub fn try_recv(&mut self) -> Result<Option<Sample<'_>>, Error> {
         Ok(self.inner.try_recv().map_err(Error::RingRecv)?.map(Sample))
     }
@@ -406,6 +414,7 @@ impl Consumer {
     /// # Errors
     /// [`Error::RingRecv`] with [`RecvError::TimedOut`] or
     /// [`RecvError::Corrupted`].
+    #[inline]
     pub fn recv(&mut self) -> Result<Sample<'_>, Error> {
         let timeout = self.timeout;
         self.recv_inner(timeout)
@@ -415,6 +424,7 @@ impl Consumer {
     ///
     /// # Errors
     /// As [`recv`](Self::recv).
+    #[inline]
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Sample<'_>, Error> {
         self.recv_inner(Some(timeout))
     }
@@ -432,6 +442,7 @@ impl Consumer {
     /// # Errors
     /// [`Error::RingRecv`] with [`RecvError::BufferTooSmall`] (the message
     /// stays in the ring) or [`RecvError::Corrupted`].
+    #[inline]
     pub fn try_recv_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         self.inner.try_recv_into(buf).map_err(Error::RingRecv)
     }
@@ -554,26 +565,31 @@ pub struct Sample<'a>(shm::Sample<'a>);
 
 impl Sample<'_> {
     /// The message's bytes, for reading.
+    #[inline]
     pub fn payload(&self) -> Payload<'_> {
         self.0.payload()
     }
 
     /// Length of the message in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
     /// Whether the message is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// The lane (producer) the message came from.
+    #[inline]
     pub fn lane(&self) -> usize {
         self.0.lane()
     }
 
     /// The whole message, copied.
+    #[inline]
     pub fn to_vec(&self) -> Vec<u8> {
         self.0.payload().to_vec()
     }
@@ -584,6 +600,7 @@ impl Sample<'_> {
     /// # Errors
     /// [`Error::RingRecv`] with [`RecvError::BufferTooSmall`]; the message
     /// then stays in the ring.
+    #[inline]
     pub fn copy_into(self, buf: &mut [u8]) -> Result<usize, Error> {
         self.0.copy_into(buf).map_err(Error::RingRecv)
     }
@@ -594,6 +611,7 @@ impl Sample<'_> {
     /// # Errors
     /// [`Error::PodSize`] if the message is not exactly `size_of::<T>()`
     /// bytes long.
+    #[inline]
     pub fn read_pod<T: Pod>(&self) -> Result<T, Error> {
         let mut value = T::zeroed();
         let bytes = bytemuck::bytes_of_mut(&mut value);

@@ -411,6 +411,7 @@ impl fmt::Display for RingLayout {
 /// Bytes a record with a payload of `len` bytes takes, padding included.
 /// Callers pass only lengths checked against the max message size (below
 /// `u32::MAX`), so this cannot overflow.
+#[inline]
 fn record_size(len: usize) -> usize {
     (len + WORD + (RECORD_ALIGN - 1)) & !(RECORD_ALIGN - 1)
 }
@@ -501,6 +502,7 @@ impl Region {
     ///
     /// Words are addressed by index, not byte offset, so that under loom a
     /// region made of loom's (larger) atomics is addressed the same way.
+    #[inline]
     fn word(&self, index: usize) -> &AtomicU64 {
         // Every index the module computes is below
         // `region_bytes / 8` of a layout checked against the region's length
@@ -517,6 +519,7 @@ impl Region {
     /// The futex word in the low half of word `index`. Only ever accessed as
     /// 32 bits, so no mixed-size access races on it.
     #[cfg(not(loom))]
+    #[inline]
     fn futex_word(&self, index: usize) -> &AtomicU32 {
         let ptr = self.base.cast::<AtomicU64>().as_ptr().wrapping_add(index);
         // SAFETY: as in `word`, in bounds, aligned (an 8-aligned address is
@@ -526,17 +529,20 @@ impl Region {
     }
 
     /// Word index of lane `lane`'s header word `index`.
+    #[inline]
     fn lane_word(&self, lane: usize, index: usize) -> usize {
         (HEADER_SIZE + lane * self.layout.lane_stride()) / WORD + index
     }
 
     /// Byte offset in the region of offset `offset` of lane `lane`'s records.
+    #[inline]
     fn record_byte(&self, lane: usize, offset: usize) -> usize {
         HEADER_SIZE + lane * self.layout.lane_stride() + LANE_HEADER_SIZE + offset
     }
 
     /// The slot word at offset `offset` (8-aligned, below the capacity) of
     /// lane `lane`.
+    #[inline]
     fn slot(&self, lane: usize, offset: usize) -> &AtomicU64 {
         debug_assert!(offset % WORD == 0 && offset < self.layout.capacity);
         self.word(self.record_byte(lane, offset) / WORD)
@@ -544,11 +550,13 @@ impl Region {
 
     /// The slot word committing a record of `len` bytes (or a wrap marker,
     /// `len` = [`WRAP_LEN`]) at `position`.
+    #[inline]
     fn committed(&self, position: u64, len: u64) -> u64 {
         self.lap(position) << LAP_SHIFT | COMMITTED | len
     }
 
     /// What slot word `word`, found at `position`, says.
+    #[inline]
     fn decode(&self, word: u64, position: u64) -> Slot {
         if word == EMPTY {
             return Slot::Empty;
@@ -573,11 +581,13 @@ impl Region {
     }
 
     /// The lap of a position, as slot words keep it.
+    #[inline]
     fn lap(&self, position: u64) -> u64 {
         (position >> self.layout.capacity.trailing_zeros()) & LAP_MASK
     }
 
     /// Offset in a lane of a position.
+    #[inline]
     fn offset(&self, position: u64) -> usize {
         // The mask is below the capacity, which fits `usize`: no truncation.
         #[allow(clippy::cast_possible_truncation)]
@@ -587,6 +597,7 @@ impl Region {
 
     /// Address of offset `offset` of lane `lane`'s records.
     #[cfg(not(loom))]
+    #[inline]
     fn record_ptr(&self, lane: usize, offset: usize) -> *mut u8 {
         self.base
             .as_ptr()
@@ -595,6 +606,7 @@ impl Region {
 
     /// Copies `src` into lane `lane` at offset `offset`; the range must be
     /// inside the lane's records and given to this side by the protocol.
+    #[inline]
     fn copy_in(&self, lane: usize, offset: usize, src: &[u8]) {
         debug_assert!(offset + src.len() <= self.layout.capacity);
         #[cfg(not(loom))]
@@ -618,6 +630,7 @@ impl Region {
 
     /// Copies `dst.len()` bytes out of lane `lane` at offset `offset`; the
     /// range must be inside the lane's records.
+    #[inline]
     fn copy_out(&self, lane: usize, offset: usize, dst: &mut [u8]) {
         debug_assert!(offset + dst.len() <= self.layout.capacity);
         #[cfg(not(loom))]
@@ -1009,6 +1022,7 @@ impl Producer {
     /// [`SendError::Full`] if there is no room now,
     /// [`SendError::Corrupted`] if the consumer broke the ring (then on every
     /// later call too).
+    #[inline]
     pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, SendError> {
         let plan = self.plan(len)?;
         Ok(Loan {
@@ -1021,6 +1035,7 @@ impl Producer {
     ///
     /// # Errors
     /// As for [`try_loan`](Self::try_loan).
+    #[inline]
     pub fn try_send(&mut self, data: &[u8]) -> Result<(), SendError> {
         let mut loan = self.try_loan(data.len())?;
         loan.payload_in(0, data);
@@ -1051,6 +1066,7 @@ impl Producer {
     }
 
     /// Plans a record of `len` bytes in free space.
+    #[inline]
     fn plan(&mut self, len: usize) -> Result<Plan, SendError> {
         if self.corrupted {
             return Err(SendError::Corrupted);
@@ -1082,15 +1098,18 @@ impl Producer {
     }
 
     /// Free bytes by the cached `tail` (never more than `capacity` apart).
+    #[inline]
     fn free(&self) -> u64 {
         self.region.layout.capacity as u64 - (self.head - self.tail_cache)
     }
 
+    #[inline]
     fn lane_word(&self, index: usize) -> &AtomicU64 {
         self.region.word(self.region.lane_word(self.lane, index))
     }
 
     /// The consumer's `tail`.
+    #[inline]
     fn load_tail(&self) -> u64 {
         // ORDERING: Acquire; pairs with the Release store of `tail` in
         // `Consumer::publish_tail`, so the consumer's reads of the released
@@ -1120,6 +1139,7 @@ impl Producer {
     }
 
     /// Wakes the consumer if it parked; called after every commit.
+    #[inline]
     fn wake_consumer(&self) {
         #[cfg(not(loom))]
         {
@@ -1162,6 +1182,7 @@ impl Producer {
     /// # Errors
     /// As for [`try_loan`](Self::try_loan), with [`SendError::TimedOut`]
     /// instead of `Full`.
+    #[inline]
     pub fn loan(
         &mut self,
         len: usize,
@@ -1204,6 +1225,7 @@ impl Producer {
     ///
     /// # Errors
     /// As for [`loan`](Self::loan).
+    #[inline]
     pub fn send(
         &mut self,
         data: &[u8],
@@ -1261,6 +1283,7 @@ pub struct Loan<'a> {
 
 impl Loan<'_> {
     /// Length of the message in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.plan.len
     }
@@ -1274,6 +1297,7 @@ impl Loan<'_> {
     ///
     /// # Errors
     /// [`OutOfBounds`] if the range is not inside the message.
+    #[inline]
     pub fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), OutOfBounds> {
         check_range(offset, data.len(), self.plan.len)?;
         self.payload_in(offset, data);
@@ -1329,6 +1353,7 @@ impl Loan<'_> {
     }
 
     /// Copies `data` (in bounds) into the payload.
+    #[inline]
     fn payload_in(&mut self, offset: usize, data: &[u8]) {
         let lane = self.producer.lane;
         self.producer
@@ -1337,6 +1362,7 @@ impl Loan<'_> {
     }
 
     /// Publishes the message.
+    #[inline]
     pub fn commit(self) {
         let Self { producer, plan } = self;
         let region = &producer.region;
@@ -1345,12 +1371,17 @@ impl Loan<'_> {
         // Clear the slot after the record if it is free space, so the
         // consumer finds `EMPTY` there and not old payload bytes; if it is
         // not free, it is the slot of the consumer's oldest record, which
-        // reads as empty by its lap once consumed.
+        // reads as empty by its lap once consumed. Only this producer writes
+        // slot words, so one already `EMPTY` is left alone: a consumer that
+        // caught up polls that very word, and a store would pull its line
+        // away from it once more per message.
         if plan.new_head + WORD as u64 <= producer.tail_cache + capacity {
-            // ORDERING: Relaxed; published by the Release store below.
-            region
-                .slot(lane, region.offset(plan.new_head))
-                .store(EMPTY, Ordering::Relaxed);
+            let next = region.slot(lane, region.offset(plan.new_head));
+            // ORDERING: Relaxed for both; our own earlier write if any, and
+            // the store is published by the Release store below.
+            if next.load(Ordering::Relaxed) != EMPTY {
+                next.store(EMPTY, Ordering::Relaxed);
+            }
         }
         // The length is at most the max message size, below `WRAP_LEN`.
         let len = plan.len as u64;
@@ -1390,6 +1421,7 @@ impl Drop for Producer {
 }
 
 /// Checks `offset..offset + len` lies in a message of `size` bytes.
+#[inline]
 fn check_range(offset: usize, len: usize, size: usize) -> Result<(), OutOfBounds> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
@@ -1494,6 +1526,7 @@ impl Consumer {
     /// # Errors
     /// [`RecvError::Corrupted`] if a producer wrote an invalid record (then
     /// on every later call too).
+    #[inline]
     pub fn try_recv(&mut self) -> Result<Option<Sample<'_>>, RecvError> {
         Ok(self.poll()?.map(|record| Sample {
             consumer: self,
@@ -1550,6 +1583,7 @@ impl Consumer {
     }
 
     /// Finds the next committed record, looking at each lane once.
+    #[inline]
     fn poll(&mut self) -> Result<Option<Record>, RecvError> {
         if self.corrupted {
             return Err(RecvError::Corrupted);
@@ -1568,6 +1602,7 @@ impl Consumer {
     }
 
     /// Checks the slot at a lane's `tail`, stepping over a wrap marker.
+    #[inline]
     fn peek(&mut self, lane_index: usize) -> Result<Option<Record>, RecvError> {
         let capacity = self.region.layout.capacity;
         // At most two rounds: after a wrap the offset is 0, where a second
@@ -1600,6 +1635,7 @@ impl Consumer {
 
     /// Moves past a record; publishes `tail` once a batch of bytes is
     /// pending or the producer waits for space.
+    #[inline]
     fn consume(&mut self, record: Record) {
         let lane_index = record.lane;
         self.tails[lane_index] += record_size(record.len) as u64;
@@ -1619,6 +1655,7 @@ impl Consumer {
     }
 
     /// Whether a lane's producer sleeps waiting for space.
+    #[inline]
     fn producer_parked(&self, lane_index: usize) -> bool {
         #[cfg(not(loom))]
         {
@@ -1715,6 +1752,7 @@ impl Consumer {
     /// # Errors
     /// [`RecvError::TimedOut`], or [`RecvError::Corrupted`] as for
     /// [`try_recv`](Self::try_recv).
+    #[inline]
     pub fn recv(&mut self, wait: Wait, timeout: Option<Duration>) -> Result<Sample<'_>, RecvError> {
         let record = match self.poll()? {
             Some(record) => record,
@@ -1789,6 +1827,7 @@ pub struct Sample<'a> {
 
 impl<'a> Sample<'a> {
     /// The message's bytes, for reading.
+    #[inline]
     pub fn payload(&self) -> Payload<'_> {
         Payload {
             region: &self.consumer.region,
@@ -1797,6 +1836,7 @@ impl<'a> Sample<'a> {
     }
 
     /// Length of the message in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.record.len
     }
@@ -1834,6 +1874,7 @@ impl<'a> Sample<'a> {
 }
 
 impl Drop for Sample<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.consumer.consume(self.record);
     }
@@ -1857,6 +1898,7 @@ pub struct Payload<'a> {
 
 impl Payload<'_> {
     /// Length of the message in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.record.len
     }
@@ -1870,6 +1912,7 @@ impl Payload<'_> {
     ///
     /// # Errors
     /// [`OutOfBounds`] if the range is not inside the message.
+    #[inline]
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), OutOfBounds> {
         check_range(offset, buf.len(), self.record.len)?;
         self.read_exact_at(offset, buf);
@@ -1884,6 +1927,7 @@ impl Payload<'_> {
     }
 
     /// Copies an in-bounds range out.
+    #[inline]
     fn read_exact_at(&self, offset: usize, buf: &mut [u8]) {
         self.region
             .copy_out(self.record.lane, self.record.offset + WORD + offset, buf);
