@@ -186,6 +186,16 @@ impl Client {
         RingBuilder::new(self, name.into())
     }
 
+    /// Creates a single-producer ring named `name` with lanes of `capacity`
+    /// bytes and the builder's other defaults (persistent, messages up to
+    /// half the capacity); [`ring_builder`](Self::ring_builder) sets more.
+    ///
+    /// # Errors
+    /// As [`RingBuilder::create`].
+    pub fn create_ring(&self, name: impl Into<String>, capacity: u64) -> Result<Ring, Error> {
+        self.ring_builder(name).capacity(capacity).create()
+    }
+
     /// Opens an existing ring, by id or by name within this process's
     /// tenant, read-write (both endpoints write to it).
     ///

@@ -30,7 +30,7 @@
 //! use ipcplane::Client;
 //!
 //! let client = Client::connect()?;
-//! let ring = client.ring_builder("ticks").capacity(64 << 10).create()?;
+//! let ring = client.create_ring("ticks", 64 << 10)?;
 //! let mut producer = ring.producer()?;
 //! producer.send_pod(&42_u64)?;
 //!

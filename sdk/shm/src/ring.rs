@@ -790,6 +790,7 @@ impl Owner {
             | self.pid
     }
 
+    #[cfg(not(loom))]
     fn from_token(token: u64) -> Self {
         Self::masked(
             token,

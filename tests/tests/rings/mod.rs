@@ -82,7 +82,7 @@ fn a_ring_created_in_one_process_streams_messages_to_a_consumer_in_another() {
 fn rings_open_by_name_or_id_and_other_kinds_are_refused_and_released() {
     let agent = TestAgent::start();
     let client = agent.client();
-    let ring = client.ring_builder("r").capacity(4096).create().unwrap();
+    let ring = client.create_ring("r", 4096).unwrap();
     let _plain = client
         .segment_builder()
         .name("plain")
