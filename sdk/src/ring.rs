@@ -218,7 +218,8 @@ impl Ring {
 
     /// Attaches the consumer. A ring has one consumer at a time, until it is
     /// dropped or its process exits; the next one starts where it left off
-    /// (messages the old one took but had not released come again).
+    /// (after a crash, the last messages the old one took may come again:
+    /// see [`shm::Consumer::attach`]).
     ///
     /// # Errors
     /// [`Error::RingLayout`]: [`LayoutError::ConsumerTaken`] while another
@@ -483,8 +484,11 @@ impl Consumer {
     /// thread: the consumer says it is parked, so that the next commit writes
     /// the ring's doorbell (an eventfd, registered with tokio's reactor on
     /// the first call), and sleeps until it does. Needs a tokio runtime with
-    /// I/O enabled; the consumer stays registered with the runtime of its
-    /// first call. Cancel-safe: dropping the future takes the park back.
+    /// I/O and time enabled (it panics outside one, as tokio's sockets do);
+    /// the consumer stays registered with the runtime of its first call.
+    /// Cancel-safe: dropping the future takes the park back. It has no
+    /// timeout of its own: wrap it in `tokio::time::timeout` if a silent
+    /// producer must not make it wait forever.
     ///
     /// # Errors
     /// [`Error::RingRecv`] with [`RecvError::Corrupted`], or [`Error::Io`]
@@ -494,17 +498,24 @@ impl Consumer {
             if self.has_message()? {
                 break;
             }
-            // `false`: a message arrived meanwhile; look again.
-            if self.inner.park_async().map_err(Error::RingRecv)? {
-                let doorbell = match &mut self.doorbell {
-                    Some(doorbell) => doorbell,
-                    empty => empty.insert(register(self.ring.dup_doorbell()?)?),
-                };
-                let parked = Parked(&mut self.inner);
-                let rung = ring_heard(doorbell).await;
-                drop(parked);
-                rung?;
+            if self.doorbell.is_none() {
+                self.doorbell = Some(register(self.ring.dup_doorbell()?)?);
             }
+            let how = self.inner.park_async().map_err(Error::RingRecv)?;
+            let parked = Parked(&mut self.inner);
+            let doorbell = self.doorbell.as_ref().expect("registered above");
+            let rung = match how {
+                // A message arrived meanwhile: look again.
+                shm::AsyncPark::MessageWaiting => Ok(()),
+                shm::AsyncPark::Parked => ring_heard(doorbell).await,
+                shm::AsyncPark::ParkedBriefly => {
+                    tokio::time::timeout(BRIEF_PARK, ring_heard(doorbell))
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
+            drop(parked);
+            rung?;
         }
         // A message waits and nothing else takes it: only a peer rewriting
         // the ring under us makes it vanish.
@@ -514,6 +525,12 @@ impl Consumer {
         }
     }
 }
+
+/// How long [`Consumer::recv_async`] waits on the doorbell at a time where
+/// this process cannot run the cross-process barrier (a commit may then
+/// miss the park; see [`shm::AsyncPark::ParkedBriefly`]).
+#[cfg(feature = "tokio")]
+const BRIEF_PARK: Duration = Duration::from_millis(1);
 
 /// Takes a consumer's async park back when dropped, also when the future
 /// waiting on the doorbell is.

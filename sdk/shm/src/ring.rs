@@ -807,14 +807,34 @@ impl Owner {
     fn is_gone(token: u64) -> bool {
         let owner = Self::from_token(token);
         let here = Self::current();
-        if owner.pid == 0 || owner.namespace != here.namespace {
+        // A part unknown to the owner or to us (no `/proc`) cannot be
+        // compared: alive.
+        if [
+            owner.pid,
+            owner.start,
+            owner.namespace,
+            here.start,
+            here.namespace,
+        ]
+        .contains(&0)
+            || owner.namespace != here.namespace
+        {
             return false;
         }
-        let pid = u32::try_from(owner.pid).unwrap_or(u32::MAX);
-        match crate::peer::process_start_time(pid) {
-            Ok(start) => Self::masked(owner.pid, start, owner.namespace) != owner,
-            Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+        let Some(pid) = i32::try_from(owner.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return false;
+        };
+        // The kernel says whether the pid exists, even where `/proc` hides
+        // other users' processes; `/proc` then says whether it is the same.
+        if rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH) {
+            return true;
         }
+        let pid = pid.as_raw_pid().unsigned_abs();
+        crate::peer::process_start_time(pid)
+            .is_ok_and(|start| Self::masked(owner.pid, start, owner.namespace) != owner)
     }
 
     /// Under loom there are no other processes.
@@ -967,8 +987,10 @@ impl Producer {
                 .load(Ordering::Acquire);
             head += match producer.region.decode(word, head) {
                 Slot::Wrap => (capacity - offset) as u64,
-                Slot::Record(len) => record_size(len).min(capacity) as u64,
-                Slot::Empty | Slot::Corrupt => break,
+                Slot::Record(len) if len <= producer.region.layout.max_message => {
+                    record_size(len) as u64
+                }
+                Slot::Empty | Slot::Record(_) | Slot::Corrupt => break,
             };
         }
         // The consumer may already have taken the record at `head`.
@@ -981,8 +1003,12 @@ impl Producer {
         }
         producer.head = head;
         producer.tail_cache = tail;
-        // Clear leftovers in free space, keeping the slot at `head` (where the
-        // consumer may have parked).
+        // ORDERING: Release; as in `Loan::commit`: a later heir resumes from
+        // here, not from before the records skipped above.
+        producer
+            .lane_word(lane::HEAD)
+            .store(head, Ordering::Release);
+        // Clear leftovers in free space, keeping the slot at `head`.
         let mut position = head + WORD as u64;
         while position < tail + capacity as u64 {
             let offset = producer.region.offset(position);
@@ -994,6 +1020,8 @@ impl Producer {
                 .store(EMPTY, Ordering::Relaxed);
             position += WORD as u64;
         }
+        // The last producer may have died between a commit and its wake-up.
+        producer.wake_consumer();
         producer
     }
 
@@ -1147,14 +1175,18 @@ impl Producer {
             barrier::publisher();
             let parked = self.region.word(header::PARKED);
             // ORDERING: Relaxed; the barrier above orders it after our commit
-            // against the consumer's flag store (see `barrier`). Swapped so
-            // that one producer wakes it, not every one.
-            if parked.load(Ordering::Relaxed) == AWAKE {
-                return;
-            }
-            // ORDERING: Relaxed; as above.
-            match parked.swap(AWAKE, Ordering::Relaxed) {
-                PARKED => {
+            // against the consumer's flag store (see `barrier`). Exchanged
+            // back to AWAKE so that one producer wakes it, not every one, and
+            // only by a producer that can (an async park needs the doorbell).
+            let how = parked.load(Ordering::Relaxed);
+            let take = |how| {
+                // ORDERING: Relaxed; as above.
+                parked
+                    .compare_exchange(how, AWAKE, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            };
+            match how {
+                PARKED if take(PARKED) => {
                     let wake = self.region.futex_word(header::WAKE);
                     // ORDERING: Release; pairs with the Acquire load in
                     // `Consumer::park`, so a sleeper that read the old value
@@ -1164,9 +1196,9 @@ impl Producer {
                 }
                 PARKED_ASYNC => {
                     if let Some(doorbell) = &self.doorbell {
-                        // An eventfd counter write; if the counter is
-                        // saturated (EAGAIN) a wake is pending anyway.
-                        let _ = rustix::io::write(doorbell.as_fd(), &1_u64.to_ne_bytes());
+                        if take(PARKED_ASYNC) {
+                            ring_doorbell(doorbell.as_fd());
+                        }
                     }
                 }
                 _ => {}
@@ -1260,6 +1292,21 @@ impl Producer {
     }
 }
 
+/// Adds 1 to an eventfd doorbell without ever blocking: the description is
+/// shared with every holder, any of which may have cleared `O_NONBLOCK`, so
+/// it is set again first (a wake is pending anyway when the counter is full
+/// and the write fails with `EAGAIN`).
+#[cfg(not(loom))]
+fn ring_doorbell(doorbell: std::os::fd::BorrowedFd<'_>) {
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    if let Ok(flags) = fcntl_getfl(doorbell) {
+        if !flags.contains(OFlags::NONBLOCK) {
+            let _ = fcntl_setfl(doorbell, flags | OFlags::NONBLOCK);
+        }
+    }
+    let _ = rustix::io::write(doorbell, &1_u64.to_ne_bytes());
+}
+
 /// Where a loaned record goes.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
@@ -1345,8 +1392,9 @@ impl Loan<'_> {
             // by `plan` and `peek`) and valid while the loan and the payload
             // live; the destination is free space the protocol gives this
             // loan alone and the source is a committed record not yet
-            // released, so they do not overlap even on one ring.
-            unsafe { std::ptr::copy_nonoverlapping(src, dst, payload.len()) };
+            // released; they overlap only if a third party forged `tail`,
+            // so this is a `memmove`, correct even then.
+            unsafe { std::ptr::copy(src, dst, payload.len()) };
         }
         #[cfg(loom)]
         self.payload_in(offset, &payload.to_vec());
@@ -1462,9 +1510,10 @@ impl Consumer {
     /// its alignment, size and header.
     ///
     /// A ring has one consumer: the role is taken while this one lives, or
-    /// until its process is gone (then the next consumer starts from the
-    /// last progress it published, so messages it took but had not yet
-    /// released are delivered again).
+    /// until its process is gone. The next consumer then starts from the
+    /// last progress the old one published: messages it had not yet
+    /// released, and up to an eighth of a lane it had released but not yet
+    /// published, are delivered again (a dropped consumer publishes all).
     ///
     /// # Errors
     /// A [`LayoutError`] naming the first check that failed, or
@@ -1505,14 +1554,22 @@ impl Consumer {
                     & !(RECORD_ALIGN as u64 - 1)
             })
             .collect();
-        Ok(Self {
+        let mut consumer = Self {
             corrupted: tails.iter().any(|&tail| tail > MAX_POSITION),
             region,
             published: tails.clone(),
             tails,
             next_lane: 0,
             token,
-        })
+        };
+        if !consumer.corrupted {
+            // The last consumer may have died between a release and its
+            // wake-up: wake any producer still waiting for space.
+            for lane_index in 0..consumer.region.layout.lanes {
+                consumer.publish_tail(lane_index);
+            }
+        }
+        Ok(consumer)
     }
 
     /// The ring's sizes.
@@ -1596,9 +1653,12 @@ impl Consumer {
                 self.next_lane = (lane_index + 1) % lanes;
                 return Ok(Some(record));
             }
+            // Caught up with this lane: give its producer all the space we
+            // hold, whatever the other lanes carry.
+            if self.tails[lane_index] != self.published[lane_index] {
+                self.publish_tail(lane_index);
+            }
         }
-        // Caught up: give every producer all the space we hold.
-        self.flush();
         Ok(None)
     }
 
@@ -1610,6 +1670,9 @@ impl Consumer {
         // wrap marker is corruption.
         loop {
             let position = self.tails[lane_index];
+            if position > MAX_POSITION {
+                return Err(self.corrupt());
+            }
             let offset = self.region.offset(position);
             // ORDERING: Acquire; pairs with the Release store in
             // `Loan::commit`, so the record's payload is visible.
@@ -1799,23 +1862,41 @@ impl Consumer {
     }
 
     /// Prepares to wait on the doorbell (the eventfd given to producers
-    /// with [`Producer::set_doorbell`]): returns `Ok(true)` once the next
-    /// commit will ring it, `Ok(false)` if a message is already waiting. After the doorbell rings (or on giving up), call
+    /// with [`Producer::set_doorbell`]) and says how (see [`AsyncPark`]).
+    /// After the doorbell rings (or on giving up), call
     /// [`unpark_async`](Self::unpark_async), then receive.
     ///
     /// # Errors
     /// [`RecvError::Corrupted`] as for [`try_recv`](Self::try_recv).
-    pub fn park_async(&mut self) -> Result<bool, RecvError> {
+    pub fn park_async(&mut self) -> Result<AsyncPark, RecvError> {
         if self.corrupted {
             return Err(RecvError::Corrupted);
         }
-        Ok(self.announce_sleep(PARKED_ASYNC)?.is_some())
+        Ok(match self.announce_sleep(PARKED_ASYNC)? {
+            None => AsyncPark::MessageWaiting,
+            Some(false) => AsyncPark::Parked,
+            Some(true) => AsyncPark::ParkedBriefly,
+        })
     }
 
     /// Takes back the announcement of [`park_async`](Self::park_async).
     pub fn unpark_async(&mut self) {
         self.wake_up();
     }
+}
+
+/// What [`Consumer::park_async`] did.
+#[cfg(not(loom))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsyncPark {
+    /// Nothing: a message is already waiting; receive it.
+    MessageWaiting,
+    /// The next commit rings the doorbell: wait for it.
+    Parked,
+    /// Parked, but this process could not run the cross-process barrier
+    /// (membarrier refused), so a commit may miss the park: wait on the
+    /// doorbell a millisecond at a time, looking for messages in between.
+    ParkedBriefly,
 }
 
 /// A received message, borrowed where it lies in the ring; released (its
@@ -2240,6 +2321,24 @@ mod tests {
     }
 
     #[test]
+    fn a_caught_up_lane_is_released_while_other_lanes_keep_coming() {
+        let heap = Heap::new(RingLayout::new(1024, 64, 2).unwrap());
+        let mut consumer = heap.consumer();
+        let (mut first, mut second) = (heap.producer(), heap.producer());
+        first.try_send(&[1; 16]).unwrap();
+        second.try_send(&[2; 16]).unwrap();
+        second.try_send(&[2; 16]).unwrap();
+        let region = heap.region();
+        let tail = region.word(region.lane_word(0, lane::TAIL));
+        for _ in 0..3 {
+            recv_vec(&mut consumer).unwrap().unwrap();
+        }
+        // 24 bytes are below a batch (1024 / 8), but lane 0 has nothing
+        // more: its producer gets them back although lane 1 is busy.
+        assert_eq!(tail.load(Ordering::Relaxed), 24);
+    }
+
+    #[test]
     fn batches_send_what_fits_and_release_together() {
         let heap = Heap::new(layout(256, 64));
         let (mut producer, mut consumer) = heap.pair();
@@ -2512,12 +2611,18 @@ mod tests {
         region.slot(0, 40).store(COMMITTED | 5, Ordering::Relaxed);
         std::mem::forget(producer);
         region.word(region.lane_word(0, lane::OWNER)).store(
-            Owner::masked(dead, 0, pid_namespace()).token(),
+            Owner::masked(dead, 1, pid_namespace()).token(),
             Ordering::Relaxed,
         );
 
         let mut heir = heap.producer();
         assert_eq!(heir.lane(), 0);
+        let head = region.word(region.lane_word(0, lane::HEAD));
+        assert_eq!(
+            head.load(Ordering::Relaxed),
+            32,
+            "the heir publishes where it resumed"
+        );
         heir.try_send(b"three").unwrap();
         let got: Vec<Vec<u8>> = std::iter::from_fn(|| recv_vec(&mut consumer).unwrap()).collect();
         assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
@@ -2533,6 +2638,8 @@ mod tests {
         assert!(Owner::is_gone(reused.token()), "a reused pid");
         let foreign = Owner::masked(me.pid, me.start + 1, me.namespace + 1);
         assert!(!Owner::is_gone(foreign.token()), "another pid namespace");
+        let unknown = Owner::masked(me.pid, 0, me.namespace);
+        assert!(!Owner::is_gone(unknown.token()), "an unknown start time");
         assert!(!Owner::is_gone(0), "no owner");
     }
 
@@ -2651,10 +2758,14 @@ mod tests {
         let mut count = [0; 8];
 
         producer.try_send(b"early").unwrap();
-        assert_eq!(consumer.park_async(), Ok(false), "a message is waiting");
+        assert_eq!(
+            consumer.park_async(),
+            Ok(AsyncPark::MessageWaiting),
+            "a message is waiting"
+        );
         recv_vec(&mut consumer).unwrap().unwrap();
 
-        assert_eq!(consumer.park_async(), Ok(true));
+        assert_eq!(consumer.park_async(), Ok(AsyncPark::Parked));
         assert!(
             rustix::io::read(doorbell.as_fd(), &mut count).is_err(),
             "not rung yet"
