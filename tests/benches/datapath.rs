@@ -873,6 +873,14 @@ fn peer() {
                 _ => panic!("unknown command {command}"),
             });
         }
+        "cacheline" => {
+            let fd = handoff.fds.into_iter().next().expect("a memfd");
+            let lines = CacheLines::new(map(fd.as_fd()));
+            serve(control, |command, count| match command {
+                "bounce" => lines.bounce(count),
+                _ => panic!("unknown command {command}"),
+            });
+        }
         _ => panic!("unknown setup {kind}"),
     }
 }
@@ -1048,6 +1056,13 @@ fn report() {
         .expect("one report per process");
     let load_before = load_average();
     let started = Instant::now();
+    let (p50, p99) = bare_round_trips();
+    println!(
+        "  the floor: a bare cache-line ping-pong between the two processes (a counter \
+         bounced through two words of a shared memfd) takes {} p50, {} p99",
+        duration_text(p50),
+        duration_text(p99)
+    );
     for size in SIZES {
         let rows = measure_size(size);
         print_table(size, &rows);
@@ -1059,6 +1074,76 @@ fn report() {
         started.elapsed(),
         load_average()
     );
+}
+
+/// Two words on lines of their own in a shared memfd: the lead writes a
+/// counter into `ping`, the peer copies it into `pong`.
+struct CacheLines {
+    mapping: Mapping,
+}
+
+impl CacheLines {
+    const PING: usize = 0;
+    const PONG: usize = 128;
+
+    fn new(mapping: Mapping) -> Self {
+        Self { mapping }
+    }
+
+    fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
+        self.mapping.atomic_u64(offset).expect("an aligned word")
+    }
+
+    /// Lead side: `count` round trips from `first`, each timed.
+    fn round_trips(&self, first: u64, count: usize) -> Vec<Duration> {
+        let (ping, pong) = (self.word(Self::PING), self.word(Self::PONG));
+        (first..first + count as u64)
+            .map(|seq| {
+                let start = Instant::now();
+                // ORDERING: Release/Acquire pair with the peer's in `bounce`,
+                // as a real protocol would (data before the flag).
+                ping.store(seq, std::sync::atomic::Ordering::Release);
+                spin(|| (pong.load(std::sync::atomic::Ordering::Acquire) == seq).then_some(()));
+                start.elapsed()
+            })
+            .collect()
+    }
+
+    /// Peer side: copies `count` new counter values from `ping` to `pong`.
+    fn bounce(&self, count: usize) {
+        let (ping, pong) = (self.word(Self::PING), self.word(Self::PONG));
+        // ORDERING: Relaxed; the peer's own last answer.
+        let mut last = pong.load(std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..count {
+            // ORDERING: Acquire; pairs with the lead's Release store.
+            last = spin(|| {
+                let seen = ping.load(std::sync::atomic::Ordering::Acquire);
+                (seen != last).then_some(seen)
+            });
+            // ORDERING: Release; pairs with the lead's Acquire load.
+            pong.store(last, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+/// p50 and p99 of the bare cache-line round trip, medians over repetitions.
+fn bare_round_trips() -> (Duration, Duration) {
+    let fd = memfd::create_sealed("bench-cachelines", 4096).expect("memfd");
+    let lines = CacheLines::new(map(fd.as_fd()));
+    let peer = Peer::spawn("cacheline", "bare", 8, Handoff::fds(vec![fd]));
+    let mut next = 1;
+    let mut results = Vec::new();
+    for _ in 0..REPETITIONS {
+        peer.command("bounce", WARMUP_ROUND_TRIPS + ROUND_TRIPS);
+        let mut samples = lines.round_trips(next, WARMUP_ROUND_TRIPS + ROUND_TRIPS);
+        next += (WARMUP_ROUND_TRIPS + ROUND_TRIPS) as u64;
+        peer.expect("done");
+        results.push(percentiles(samples.split_off(WARMUP_ROUND_TRIPS)));
+    }
+    (
+        median(results.iter().map(|r| r.0).collect(), Ord::cmp),
+        median(results.iter().map(|r| r.1).collect(), Ord::cmp),
+    )
 }
 
 fn measure_size(size: usize) -> Vec<Row> {

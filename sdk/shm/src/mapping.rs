@@ -24,7 +24,7 @@ use std::ffi::c_void;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::ptr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rustix::fs::{self, SealFlags};
 use rustix::mm::{self, MapFlags, ProtFlags};
@@ -229,6 +229,39 @@ impl Mapping {
         // writable (checked above).
         unsafe { copy_in(data, dst) };
         Ok(())
+    }
+
+    /// The 8-byte word at `offset` as an atomic, for a protocol of one's
+    /// own in a plain segment (flags, counters, sequence numbers). Any bit
+    /// pattern is a valid `u64` and every access is atomic, so a peer writing
+    /// meanwhile is no data race; on 64-bit targets the word has the size of
+    /// the copies of [`read_at`](Self::read_at) and
+    /// [`write_at`](Self::write_at), so mixing them is no mixed-size race
+    /// either.
+    ///
+    /// # Errors
+    /// [`AccessError::OutOfBounds`] outside the mapping or at an offset that
+    /// is not a multiple of 8, [`AccessError::ReadOnly`] for a read-only
+    /// mapping (a store would fault).
+    pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, AccessError> {
+        if self.access == Access::Read {
+            return Err(AccessError::ReadOnly);
+        }
+        const LEN: usize = size_of::<AtomicU64>();
+        let word = self.range(offset, LEN)?;
+        if offset % LEN != 0 {
+            return Err(AccessError::OutOfBounds {
+                offset,
+                len: LEN,
+                size: self.len,
+            });
+        }
+        // SAFETY: in bounds (checked), 8-aligned (a page-aligned base plus a
+        // multiple of 8), valid for reads and writes while `self` lives (the
+        // borrow ties the reference to it), and only ever accessed atomically
+        // in this process (`Mapping` forms no other references); `AtomicU64`
+        // accepts every bit pattern a peer may leave there.
+        Ok(unsafe { AtomicU64::from_ptr(word.cast()) })
     }
 
     /// The address of `offset`, if `offset..offset + len` is inside the mapping.
@@ -456,6 +489,23 @@ mod tests {
         let sut = Mapping::map(fd.as_fd(), Access::Read).unwrap();
 
         assert_eq!(sut.write_at(0, b"x"), Err(AccessError::ReadOnly));
+    }
+
+    #[test]
+    fn atomic_words_are_shared_bounds_checked_and_writable_only() {
+        let fd = create_sealed("atomic", 4096).unwrap();
+        let one = Mapping::map(fd.as_fd(), Access::ReadWrite).unwrap();
+        let two = Mapping::map(fd.as_fd(), Access::ReadWrite).unwrap();
+        one.atomic_u64(8).unwrap().store(42, Ordering::Relaxed);
+        assert_eq!(two.atomic_u64(8).unwrap().load(Ordering::Relaxed), 42);
+        let mut bytes = [0; 8];
+        two.read_at(8, &mut bytes).unwrap();
+        assert_eq!(u64::from_ne_bytes(bytes), 42);
+        assert!(one.atomic_u64(4).is_err(), "unaligned");
+        assert!(one.atomic_u64(4096).is_err(), "past the end");
+        let read_only = reopen(fd.as_fd(), Access::Read).unwrap();
+        let reader = Mapping::map(read_only.as_fd(), Access::Read).unwrap();
+        assert_eq!(reader.atomic_u64(0).map(|_| ()), Err(AccessError::ReadOnly));
     }
 
     #[test]

@@ -2033,6 +2033,9 @@ struct Waiter {
     /// Polls before parking (`u64::MAX` for busy-polling).
     spins: u64,
     polls: u64,
+    /// The caller's timeout, counted from the first clock reading: a wait
+    /// that ends within 64 polls never reads the clock at all.
+    timeout: Option<Duration>,
     deadline: Deadline,
 }
 
@@ -2045,7 +2048,8 @@ impl Waiter {
                 Wait::SpinThenPark { spins } => u64::from(spins),
             },
             polls: 0,
-            deadline: Deadline(timeout.and_then(|timeout| Instant::now().checked_add(timeout))),
+            timeout,
+            deadline: Deadline(None),
         }
     }
 
@@ -2053,13 +2057,21 @@ impl Waiter {
     fn next(&mut self) -> Step {
         self.polls += 1;
         let parking = self.polls > self.spins;
-        if (parking || self.polls % 64 == 0) && self.deadline.passed() {
+        if (parking || self.polls % 64 == 0) && self.passed() {
             Step::TimedOut
         } else if parking {
             Step::Park
         } else {
             Step::Spin
         }
+    }
+
+    /// Whether the deadline passed, starting its clock on the first call.
+    fn passed(&mut self) -> bool {
+        if let (None, Some(timeout)) = (self.deadline.0, self.timeout.take()) {
+            self.deadline = Deadline(Instant::now().checked_add(timeout));
+        }
+        self.deadline.passed()
     }
 }
 
