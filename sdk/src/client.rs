@@ -361,24 +361,68 @@ impl SegmentBuilder<'_> {
     }
 }
 
-/// The request creating a segment of `layout`, whose size the agent
-/// computes.
-pub(crate) fn create_request(
+/// What every builder of a typed segment (ring, semaphore, event) holds
+/// besides its layout.
+#[derive(Debug)]
+pub(crate) struct TypedOptions<'c> {
+    client: &'c Client,
     name: String,
-    mode: SharingMode,
-    lifetime: Lifetime,
-    layout: v1::create_segment::Layout,
-) -> grant_request::Kind {
-    let (lifetime, ttl_ms) = lifetime.to_proto();
-    grant_request::Kind::CreateSegment(v1::CreateSegment {
-        name,
-        size_bytes: 0,
-        mode: mode.to_proto(),
-        lifetime,
-        ttl_ms,
-        layout: Some(layout),
-    })
+    pub(crate) mode: SharingMode,
+    pub(crate) lifetime: Lifetime,
 }
+
+impl<'c> TypedOptions<'c> {
+    /// Defaults for a segment named `name` (empty for unnamed).
+    pub(crate) fn new(client: &'c Client, name: String) -> Self {
+        Self {
+            client,
+            name,
+            mode: SharingMode::default(),
+            lifetime: Lifetime::default(),
+        }
+    }
+
+    /// Asks the agent for a segment of `layout` (it computes the size and
+    /// writes the header), which must come back as `kind`, and maps it.
+    pub(crate) fn create(
+        self,
+        layout: v1::create_segment::Layout,
+        kind: SegmentKind,
+    ) -> Result<Granted, Error> {
+        let (lifetime, ttl_ms) = self.lifetime.to_proto();
+        let request = grant_request::Kind::CreateSegment(v1::CreateSegment {
+            name: self.name,
+            size_bytes: 0,
+            mode: self.mode.to_proto(),
+            lifetime,
+            ttl_ms,
+            layout: Some(layout),
+        });
+        self.client.open_typed(request, kind)
+    }
+}
+
+/// The `mode` and `lifetime` setters of a typed segment's builder (a type
+/// with an `options: TypedOptions` field).
+macro_rules! typed_builder_setters {
+    () => {
+        /// Who besides the creator may use it (default
+        /// [`SharingMode::ReadWrite`](crate::SharingMode::ReadWrite)); its
+        /// users write to it.
+        pub fn mode(mut self, mode: $crate::SharingMode) -> Self {
+            self.options.mode = mode;
+            self
+        }
+
+        /// When the agent deletes it on its own (default
+        /// [`Lifetime::Persistent`](crate::Lifetime::Persistent)).
+        pub fn lifetime(mut self, lifetime: $crate::Lifetime) -> Self {
+            self.options.lifetime = lifetime;
+            self
+        }
+    };
+}
+pub(crate) use typed_builder_setters;
 
 #[cfg(test)]
 mod tests {

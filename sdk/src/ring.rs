@@ -53,10 +53,10 @@ pub use ipcplane_shm::ring::{
     LayoutError, Loan, OutOfBounds, Payload, RecvError, RingLayout, SendError, Wait,
 };
 
-use crate::client::Client;
+use crate::client::{Client, TypedOptions, typed_builder_setters};
 use crate::connection::{Attachment, Granted};
 use crate::error::Error;
-use crate::segment::{Lifetime, SegmentId, SegmentInfo, SegmentKind, SharingMode};
+use crate::segment::{SegmentId, SegmentInfo, SegmentKind};
 
 /// Capacity of each producer lane when the builder is not told: 64 KiB.
 pub const DEFAULT_CAPACITY: u64 = 64 << 10;
@@ -65,25 +65,19 @@ pub const DEFAULT_CAPACITY: u64 = 64 << 10;
 #[derive(Debug)]
 #[must_use = "a builder does nothing until `create` is called"]
 pub struct RingBuilder<'c> {
-    client: &'c Client,
-    name: String,
+    options: TypedOptions<'c>,
     spec: v1::RingSpec,
-    mode: SharingMode,
-    lifetime: Lifetime,
 }
 
 impl<'c> RingBuilder<'c> {
     pub(crate) fn new(client: &'c Client, name: String) -> Self {
         Self {
-            client,
-            name,
+            options: TypedOptions::new(client, name),
             spec: v1::RingSpec {
                 capacity_bytes: DEFAULT_CAPACITY,
                 max_message_bytes: 0,
                 producers: 1,
             },
-            mode: SharingMode::default(),
-            lifetime: Lifetime::default(),
         }
     }
 
@@ -109,19 +103,7 @@ impl<'c> RingBuilder<'c> {
         self
     }
 
-    /// Who besides the creator may write it (default
-    /// [`SharingMode::ReadWrite`]); ring endpoints need write access.
-    pub fn mode(mut self, mode: SharingMode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// When the agent deletes it on its own (default
-    /// [`Lifetime::Persistent`]).
-    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
-        self.lifetime = lifetime;
-        self
-    }
+    typed_builder_setters!();
 
     /// Asks the agent to create the ring (it computes the size and writes
     /// the header), and maps it.
@@ -133,9 +115,8 @@ impl<'c> RingBuilder<'c> {
     /// connection error.
     pub fn create(self) -> Result<Ring, Error> {
         let layout = v1::create_segment::Layout::Ring(self.spec);
-        let request = crate::client::create_request(self.name, self.mode, self.lifetime, layout);
-        self.client
-            .open_typed(request, SegmentKind::Ring)
+        self.options
+            .create(layout, SegmentKind::Ring)
             .map(Ring::new)
     }
 }

@@ -8,49 +8,23 @@ use std::time::Duration;
 use ipcplane_proto::v1;
 use ipcplane_shm::{event as shm_event, semaphore as shm_semaphore};
 
-use crate::client::{Client, create_request};
+use crate::client::{Client, TypedOptions, typed_builder_setters};
 use crate::connection::{Attachment, Granted};
 use crate::error::Error;
-use crate::segment::{Lifetime, SegmentId, SegmentInfo, SegmentKind, SharingMode};
-
-/// Options shared by the builders of typed segments.
-#[derive(Debug)]
-struct Options<'c> {
-    client: &'c Client,
-    name: String,
-    mode: SharingMode,
-    lifetime: Lifetime,
-}
-
-impl Options<'_> {
-    /// Creates a segment of `layout`, which must come back as `kind`.
-    fn create(
-        self,
-        layout: v1::create_segment::Layout,
-        kind: SegmentKind,
-    ) -> Result<Granted, Error> {
-        let request = create_request(self.name, self.mode, self.lifetime, layout);
-        self.client.open_typed(request, kind)
-    }
-}
+use crate::segment::{SegmentId, SegmentInfo, SegmentKind};
 
 /// Describes a semaphore to create; from [`Client::semaphore_builder`].
 #[derive(Debug)]
 #[must_use = "a builder does nothing until `create` is called"]
 pub struct SemaphoreBuilder<'c> {
-    options: Options<'c>,
+    options: TypedOptions<'c>,
     initial: u32,
 }
 
 impl<'c> SemaphoreBuilder<'c> {
     pub(crate) fn new(client: &'c Client, name: String) -> Self {
         Self {
-            options: Options {
-                client,
-                name,
-                mode: SharingMode::default(),
-                lifetime: Lifetime::default(),
-            },
+            options: TypedOptions::new(client, name),
             initial: 0,
         }
     }
@@ -61,19 +35,7 @@ impl<'c> SemaphoreBuilder<'c> {
         self
     }
 
-    /// Who besides the creator may use it (default
-    /// [`SharingMode::ReadWrite`]); every operation writes it.
-    pub fn mode(mut self, mode: SharingMode) -> Self {
-        self.options.mode = mode;
-        self
-    }
-
-    /// When the agent deletes it on its own (default
-    /// [`Lifetime::Persistent`]).
-    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
-        self.options.lifetime = lifetime;
-        self
-    }
+    typed_builder_setters!();
 
     /// Asks the agent to create the semaphore, and maps it.
     ///
@@ -161,34 +123,17 @@ impl Semaphore {
 #[derive(Debug)]
 #[must_use = "a builder does nothing until `create` is called"]
 pub struct EventBuilder<'c> {
-    options: Options<'c>,
+    options: TypedOptions<'c>,
 }
 
 impl<'c> EventBuilder<'c> {
     pub(crate) fn new(client: &'c Client, name: String) -> Self {
         Self {
-            options: Options {
-                client,
-                name,
-                mode: SharingMode::default(),
-                lifetime: Lifetime::default(),
-            },
+            options: TypedOptions::new(client, name),
         }
     }
 
-    /// Who besides the creator may use it (default
-    /// [`SharingMode::ReadWrite`]); waiting and notifying write it.
-    pub fn mode(mut self, mode: SharingMode) -> Self {
-        self.options.mode = mode;
-        self
-    }
-
-    /// When the agent deletes it on its own (default
-    /// [`Lifetime::Persistent`]).
-    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
-        self.options.lifetime = lifetime;
-        self
-    }
+    typed_builder_setters!();
 
     /// Asks the agent to create the event, and maps it.
     ///
