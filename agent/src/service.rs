@@ -2,7 +2,7 @@
 //! I/O the core decided on (memfds), writes the audit records, and only then
 //! returns, so a reply always follows its commit.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
@@ -923,11 +923,9 @@ fn new_doorbell() -> std::io::Result<OwnedFd> {
     Ok(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)
 }
 
-/// Whether `fd` is an eventfd: only one can be a ring's doorbell. (All
-/// eventfds share one anonymous inode, so which one cannot be told.)
+/// Whether `fd` is an eventfd: only one can be a ring's doorbell.
 fn is_eventfd(fd: &OwnedFd) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventfd]")
+    ipcplane_shm::ring::check_doorbell(fd.as_fd()).is_ok()
 }
 
 /// The audit detail of a created segment.

@@ -2,7 +2,7 @@
 //! types that describe segments.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -370,16 +370,8 @@ pub(crate) fn map_grant(grant: &Grant) -> Result<Mapping, Error> {
 /// Checks that a ring's doorbell is an eventfd, so that nothing else (a
 /// pipe or a socket the agent never sends) is written to or waited on.
 fn check_doorbell(doorbell: &OwnedFd) -> Result<(), ProtocolError> {
-    let path = format!("/proc/self/fd/{}", doorbell.as_raw_fd());
-    match std::fs::read_link(path) {
-        Ok(target) if target.as_os_str() == "anon_inode:[eventfd]" => Ok(()),
-        Ok(target) => Err(ProtocolError::Doorbell {
-            found: target.to_string_lossy().into_owned(),
-        }),
-        Err(err) => Err(ProtocolError::Doorbell {
-            found: err.to_string(),
-        }),
-    }
+    ipcplane_shm::ring::check_doorbell(doorbell.as_fd())
+        .map_err(|found| ProtocolError::Doorbell { found })
 }
 
 impl Segment {

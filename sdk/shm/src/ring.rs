@@ -1292,6 +1292,23 @@ impl Producer {
     }
 }
 
+/// Checks that `fd` is an eventfd, the only kind of fd a ring's doorbell
+/// may be (a pipe or a socket in its place would be written to or waited
+/// on). All eventfds share one anonymous inode, so which one cannot be told.
+///
+/// # Errors
+/// What the fd is instead, as `/proc/self/fd` names it (or why that could
+/// not be read).
+#[cfg(not(loom))]
+pub fn check_doorbell(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+        Ok(target) if target.as_os_str() == "anon_inode:[eventfd]" => Ok(()),
+        Ok(target) => Err(target.to_string_lossy().into_owned()),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 /// Adds 1 to an eventfd doorbell without ever blocking: the description is
 /// shared with every holder, any of which may have cleared `O_NONBLOCK`, so
 /// it is set again first (a wake is pending anyway when the counter is full
@@ -2818,6 +2835,16 @@ mod tests {
         // have used about 50 ticks (100 per second).
         let used = thread_cpu_ticks() - before;
         assert!(used <= 5, "a parked receiver used {used} ticks of CPU");
+    }
+
+    #[test]
+    fn only_an_eventfd_passes_as_a_doorbell() {
+        use rustix::event::{EventfdFlags, eventfd};
+        let doorbell = eventfd(0, EventfdFlags::CLOEXEC).unwrap();
+        assert_eq!(check_doorbell(doorbell.as_fd()), Ok(()));
+        let (read, _write) = rustix::pipe::pipe().unwrap();
+        let found = check_doorbell(read.as_fd()).unwrap_err();
+        assert!(found.starts_with("pipe:"), "{found}");
     }
 
     #[test]
