@@ -498,6 +498,18 @@ impl Region {
         })
     }
 
+    /// The ring in a whole writable mapping, which the region keeps alive.
+    fn from_mapping(mapping: Arc<Mapping>) -> Result<Self, LayoutError> {
+        let base = mapping_base(&mapping)?;
+        let len = mapping.len();
+        // SAFETY: the region is the whole mapping, kept alive by the `Arc`
+        // the region holds; `Mapping` never hands out references to its
+        // memory, so within this process it is accessed only through ring
+        // endpoints and `Mapping`'s atomic copies (which callers do not mix
+        // with a ring: the SDK does not expose a ring's mapping).
+        unsafe { Self::attach(base, len, Some(mapping)) }
+    }
+
     /// The 8-byte word at word index `index` of the region.
     ///
     /// Words are addressed by index, not byte offset, so that under loom a
@@ -920,15 +932,7 @@ impl Producer {
     /// # Errors
     /// As for [`attach`](Self::attach), and [`LayoutError::ReadOnly`].
     pub fn from_mapping(mapping: Arc<Mapping>) -> Result<Self, LayoutError> {
-        let base = mapping_base(&mapping)?;
-        let len = mapping.len();
-        // SAFETY: the region is the whole mapping, kept alive by the `Arc`
-        // the region holds; `Mapping` never hands out references to its
-        // memory, so within this process it is accessed only through ring
-        // endpoints and `Mapping`'s atomic copies (which callers do not mix
-        // with a ring: the SDK does not expose a ring's mapping).
-        let region = unsafe { Region::attach(base, len, Some(mapping)) }?;
-        Self::claim(region)
+        Self::claim(Region::from_mapping(mapping)?)
     }
 
     /// Claims a free lane, or one whose owner is gone.
@@ -1549,11 +1553,7 @@ impl Consumer {
     /// # Errors
     /// As for [`attach`](Self::attach), and [`LayoutError::ReadOnly`].
     pub fn from_mapping(mapping: Arc<Mapping>) -> Result<Self, LayoutError> {
-        let base = mapping_base(&mapping)?;
-        let len = mapping.len();
-        // SAFETY: as in `Producer::from_mapping`.
-        let region = unsafe { Region::attach(base, len, Some(mapping)) }?;
-        Self::start(region)
+        Self::start(Region::from_mapping(mapping)?)
     }
 
     /// Takes the consumer role (free, or held by a process that is gone)
