@@ -1054,17 +1054,15 @@ fn report() {
     GRANT_SOCKET
         .set(agent.grant_socket())
         .expect("one report per process");
+    println!(
+        "  the floor: a bare cache-line ping-pong between two processes (a counter bounced \
+         through two words of a shared memfd), measured in turn with the transports"
+    );
     let load_before = load_average();
     let started = Instant::now();
-    let (p50, p99) = bare_round_trips();
-    println!(
-        "  the floor: a bare cache-line ping-pong between the two processes (a counter \
-         bounced through two words of a shared memfd) takes {} p50, {} p99",
-        duration_text(p50),
-        duration_text(p99)
-    );
+    let mut floor = Floor::start();
     for size in SIZES {
-        let rows = measure_size(size);
+        let rows = measure_size(size, &mut floor);
         print_table(size, &rows);
     }
     measure_semaphores();
@@ -1126,27 +1124,40 @@ impl CacheLines {
     }
 }
 
-/// p50 and p99 of the bare cache-line round trip, medians over repetitions.
-fn bare_round_trips() -> (Duration, Duration) {
-    let fd = memfd::create_sealed("bench-cachelines", 4096).expect("memfd");
-    let lines = CacheLines::new(map(fd.as_fd()));
-    let peer = Peer::spawn("cacheline", "bare", 8, Handoff::fds(vec![fd]));
-    let mut next = 1;
-    let mut results = Vec::new();
-    for _ in 0..REPETITIONS {
-        peer.command("bounce", WARMUP_ROUND_TRIPS + ROUND_TRIPS);
-        let mut samples = lines.round_trips(next, WARMUP_ROUND_TRIPS + ROUND_TRIPS);
-        next += (WARMUP_ROUND_TRIPS + ROUND_TRIPS) as u64;
-        peer.expect("done");
-        results.push(percentiles(samples.split_off(WARMUP_ROUND_TRIPS)));
-    }
-    (
-        median(results.iter().map(|r| r.0).collect(), Ord::cmp),
-        median(results.iter().map(|r| r.1).collect(), Ord::cmp),
-    )
+/// The bare cache-line round trip, measured in every repetition next to
+/// the transports: the VM this runs on moves between states where all
+/// cross-core traffic is up to three times slower, so a floor measured once
+/// says little about a row measured a second later.
+struct Floor {
+    lines: CacheLines,
+    peer: Peer,
+    next: u64,
 }
 
-fn measure_size(size: usize) -> Vec<Row> {
+impl Floor {
+    fn start() -> Self {
+        let fd = memfd::create_sealed("bench-cachelines", 4096).expect("memfd");
+        let lines = CacheLines::new(map(fd.as_fd()));
+        let peer = Peer::spawn("cacheline", "bare", 8, Handoff::fds(vec![fd]));
+        Self {
+            lines,
+            peer,
+            next: 1,
+        }
+    }
+
+    /// p50 and p99 of one repetition's round trips.
+    fn round_trips(&mut self) -> (Duration, Duration) {
+        let count = WARMUP_ROUND_TRIPS + ROUND_TRIPS;
+        self.peer.command("bounce", count);
+        let mut samples = self.lines.round_trips(self.next, count);
+        self.next += count as u64;
+        self.peer.expect("done");
+        percentiles(samples.split_off(WARMUP_ROUND_TRIPS))
+    }
+}
+
+fn measure_size(size: usize, floor: &mut Floor) -> Vec<Row> {
     let mut running: Vec<(Transport, Option<Running>)> = TRANSPORTS
         .iter()
         .map(|&t| {
@@ -1158,7 +1169,9 @@ fn measure_size(size: usize) -> Vec<Row> {
     let mut latencies: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); running.len()];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
     let mut copy_rates = [Vec::new(), Vec::new()];
+    let mut floor_latencies = Vec::new();
     for _ in 0..REPETITIONS {
+        floor_latencies.push(floor.round_trips());
         for (i, (_, run)) in running.iter_mut().enumerate() {
             if let Some(run) = run {
                 latencies[i].push(run.round_trips(WARMUP_ROUND_TRIPS, ROUND_TRIPS));
@@ -1180,18 +1193,19 @@ fn measure_size(size: usize) -> Vec<Row> {
                 transport.name(),
                 if transport == REFERENCE { " (ref)" } else { "" }
             ),
-            latency: (!latency.is_empty()).then(|| {
-                (
-                    median(latency.iter().map(|l| l.0).collect(), Ord::cmp),
-                    median(latency.iter().map(|l| l.1).collect(), Ord::cmp),
-                )
-            }),
+            latency: (!latency.is_empty()).then(|| median_latency(&latency)),
             rate: (!rate.is_empty()).then(|| median(rate, f64::total_cmp)),
             note: transport
                 .unavailable(size)
                 .or_else(|| (!selected(transport.name())).then(|| format!("skipped ({ONLY})"))),
         })
         .collect();
+    rows.push(Row {
+        label: "the floor: bare cache lines".into(),
+        latency: Some(median_latency(&floor_latencies)),
+        rate: None,
+        note: Some("no message, a counter".into()),
+    });
     if size == 64 << 10 {
         let [write_at, plain] = copy_rates;
         rows.push(Row {
@@ -1235,6 +1249,14 @@ fn copies_per_second(size: usize, count: usize) -> (f64, f64) {
     (write_at, plain)
 }
 
+/// Medians of p50 and p99 over repetitions.
+fn median_latency(repetitions: &[(Duration, Duration)]) -> (Duration, Duration) {
+    (
+        median(repetitions.iter().map(|l| l.0).collect(), Ord::cmp),
+        median(repetitions.iter().map(|l| l.1).collect(), Ord::cmp),
+    )
+}
+
 fn print_table(size: usize, rows: &[Row]) {
     let reference = rows
         .iter()
@@ -1269,14 +1291,19 @@ fn print_table(size: usize, rows: &[Row]) {
                 let _ = write!(line, " {:>9} {:>7} {:>9} {:>7}", "-", "", "-", "");
             }
         }
-        if let Some(rate) = row.rate {
-            let _ = write!(
-                line,
-                " {:>13} {:>7} {:>7.2}",
-                thousands(rate),
-                ratio_text(ref_rate.map(|r| rate / r)),
-                rate * size as f64 / 1e9
-            );
+        match row.rate {
+            Some(rate) => {
+                let _ = write!(
+                    line,
+                    " {:>13} {:>7} {:>7.2}",
+                    thousands(rate),
+                    ratio_text(ref_rate.map(|r| rate / r)),
+                    rate * size as f64 / 1e9
+                );
+            }
+            None => {
+                let _ = write!(line, " {:>13} {:>7} {:>7}", "-", "", "");
+            }
         }
         if let Some(note) = &row.note {
             let _ = write!(line, "  {note}");

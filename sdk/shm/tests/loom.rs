@@ -84,9 +84,9 @@ mod tests {
     #[test]
     fn spsc_delivers_every_message_once_in_order_through_wraps_and_full() {
         loom::model(|| {
-            // 32-byte lane, messages up to 8 bytes (16-byte records): it fills
-            // after two messages and wraps on the third.
-            let region = Region::new(RingLayout::new(32, 8, 1).unwrap());
+            // A lane of two blocks, messages up to 8 bytes (a block each):
+            // it fills after two messages and wraps on the third.
+            let region = Region::new(RingLayout::new(256, 8, 1).unwrap());
             let mut producer = region.producer();
             let mut consumer = region.consumer();
             let sender = loom::thread::spawn(move || {
@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn mpsc_delivers_each_producers_messages_once_in_order() {
         loom::model(|| {
-            let region = Region::new(RingLayout::new(32, 8, 2).unwrap());
+            let region = Region::new(RingLayout::new(256, 8, 2).unwrap());
             let mut consumer = region.consumer();
             // A producer that finishes first frees its lane, and the other may
             // take it over: order per producer must hold either way.

@@ -92,7 +92,7 @@ mod tests {
     proptest! {
         #[test]
         fn ring_behaves_like_a_bounded_queue(
-            capacity_log2 in 4_u32..=10,
+            capacity_log2 in 8_u32..=12,
             max_fraction in 0.0_f64..=1.0,
             ops in ops(256),
         ) {
@@ -105,7 +105,8 @@ mod tests {
             let heap = Heap::new(layout);
             let (mut producer, mut consumer) = heap.pair();
             // Messages in flight, and the byte positions of the format in the
-            // module docs: 8-byte records, a wrap when one does not fit the end.
+            // module docs: records in whole 128-byte blocks, a wrap when one
+            // does not fit the end.
             // The consumer publishes its `tail` once capacity / 8 bytes are
             // pending, or when it finds the ring empty.
             let mut model = VecDeque::new();
@@ -121,7 +122,7 @@ mod tests {
                         let len = if len > 256 { max + (len - 256) } else { len.min(max) };
                         seed += 1;
                         let data = message(seed, len);
-                        let size = (len + 15) & !7;
+                        let size = (len + 8 + 127) & !127;
                         let to_end = capacity - head % capacity;
                         let need = if size > to_end { to_end + size } else { size };
                         let fits = need <= capacity - (head - published);
