@@ -243,7 +243,7 @@ pub struct SegmentCreateArgs {
     #[arg(long)]
     pub tenant: Option<String>,
     /// Make a message ring whose producer lanes hold this many bytes each
-    /// (a power of two), e.g. 64KiB
+    /// (a power of two, at least 256), e.g. 64KiB
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true, value_parser = units::parse_size,
           conflicts_with_all = ["semaphore", "event"], help_heading = "Kinds")]
     pub ring_capacity: Option<u64>,

@@ -16,8 +16,10 @@
 //!   its space back when the sample is dropped;
 //!   [`read_pod`](Sample::read_pod) reads a `Pod` value out.
 //! - Blocking calls wait as their endpoint's [`Wait`] strategy says
-//!   (default [`Wait::PARK`]: spin a few microseconds, then sleep on a futex
-//!   in the segment) up to its timeout (default none). With the `tokio`
+//!   (default [`Wait::PARK`]: 4096 polls with a CPU pause each, tens of
+//!   microseconds to about a hundred, then sleep on a futex in the segment;
+//!   [`Wait::BusyPoll`]: poll without pausing, for the lowest latency) up to
+//!   its timeout (default none). With the `tokio`
 //!   feature (on by default), [`Consumer::recv_async`] waits on the doorbell
 //!   instead, without holding a thread.
 //!
@@ -82,8 +84,8 @@ impl<'c> RingBuilder<'c> {
     }
 
     /// Bytes of messages each producer lane holds: a power of two, at least
-    /// 16 (default [`DEFAULT_CAPACITY`]). Each message takes its length plus
-    /// 8, rounded up to 8.
+    /// 256 (default [`DEFAULT_CAPACITY`]). Each message takes its length plus
+    /// 8, rounded up to whole 128-byte blocks (one for up to 120 bytes).
     pub fn capacity(mut self, bytes: u64) -> Self {
         self.spec.capacity_bytes = bytes;
         self

@@ -24,7 +24,9 @@ static REGISTERED: OnceLock<bool> = OnceLock::new();
 
 /// Registers this process (once) so that [`sleeper`] fences on other
 /// processes reach it; returns whether that worked. Every endpoint calls it
-/// before its first publish.
+/// before its first publish, and every publish asks again (inlined: a load
+/// and a branch once registered).
+#[inline]
 pub(crate) fn register() -> bool {
     *REGISTERED.get_or_init(|| membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok())
 }
