@@ -407,6 +407,10 @@ pub struct ClientRecord {
 pub struct ProcessIdentity {
     pub pid: u32,
     pub start_time: u64,
+    /// Its token in rings' role words (`ipcplane_shm::ring::owner_token`),
+    /// to free the roles it still holds when it exits; `None` where its pid
+    /// namespace could not be read.
+    pub ring_owner: Option<u64>,
 }
 
 /// Why the agent ended a segment's life.
@@ -444,6 +448,8 @@ impl EndReason {
 #[derive(Debug)]
 pub struct Exit<M> {
     pub client: ClientRecord,
+    /// The rings the client had attached, whose roles it may still hold.
+    pub rings: Vec<(SegmentId, M)>,
     /// Segments whose memory is now unreferenced.
     pub freed: Vec<Freed<M>>,
     /// `owner` segments still attached by others: now draining.
@@ -875,6 +881,16 @@ impl<M: Clone> Core<M> {
     pub fn process_exited(&mut self, client: ClientId, now: SystemTime) -> Option<Exit<M>> {
         let record = self.clients.remove(&client)?;
         self.processes.remove(&record.process);
+        let rings = record
+            .attachments
+            .keys()
+            .filter(|id| {
+                self.segments
+                    .get(id)
+                    .is_some_and(|e| matches!(e.record.layout, Layout::Ring { .. }))
+            })
+            .filter_map(|&id| Some((id, self.memory_of(id)?)))
+            .collect();
         let mut freed: Vec<Freed<M>> = record
             .attachments
             .iter()
@@ -903,6 +919,7 @@ impl<M: Clone> Core<M> {
         }
         Some(Exit {
             client: record,
+            rings,
             freed,
             draining,
         })
@@ -1424,6 +1441,7 @@ mod tests {
         let process = ProcessIdentity {
             pid: who.pid,
             start_time,
+            ring_owner: None,
         };
         let (client, new) = sut.register_client(who, process, NOW);
         assert!(new);
@@ -1714,6 +1732,7 @@ mod tests {
         let process = ProcessIdentity {
             pid: 7,
             start_time: 1,
+            ring_owner: None,
         };
         let (first, new) = sut.register_client(caller(1000), process, NOW);
         let (second, again) = sut.register_client(caller(1000), process, NOW);
@@ -1721,6 +1740,7 @@ mod tests {
         let reused_pid = ProcessIdentity {
             pid: 7,
             start_time: 2,
+            ring_owner: None,
         };
         assert_ne!(sut.register_client(caller(1000), reused_pid, NOW).0, first);
     }

@@ -481,10 +481,18 @@ fn identify(socket: &OwnedFd) -> io::Result<Peer> {
         );
         return Err(refuse(gone));
     }
+    let start_time = start_time.map_err(refuse)?;
+    let ring_owner =
+        ipcplane_shm::peer::namespaced_pid(cred.pid)
+            .ok()
+            .and_then(|(inner, namespace)| {
+                ipcplane_shm::ring::owner_token(inner, start_time, namespace)
+            });
     Ok(Peer {
         process: ProcessIdentity {
             pid: cred.pid,
-            start_time: start_time.map_err(refuse)?,
+            start_time,
+            ring_owner,
         },
         uid: cred.uid,
         gid: cred.gid,

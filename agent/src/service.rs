@@ -509,6 +509,24 @@ impl Agent {
                 detail,
             )));
         }
+        if let Some(token) = exit.client.process.ring_owner {
+            records.extend(exit.rings.iter().filter_map(|(id, memory)| {
+                let freed = release_ring_roles(memory, token)
+                    .inspect_err(|error| {
+                        tracing::warn!(cause = %error, segment = id.0, "cannot free an exited process's ring roles");
+                    })
+                    .ok()
+                    .filter(|&freed| freed > 0)?;
+                let detail = format!("freed {freed} role(s) of exited pid {}", caller.pid);
+                Some(Record::Event(Event::new(
+                    caller,
+                    "ring.release",
+                    id.to_string(),
+                    Outcome::Allowed,
+                    detail,
+                )))
+            }));
+        }
         records.extend(exit.freed.into_iter().flat_map(|f| self.ended(caller, f)));
         if let Err(error) = self.audit.commit(records).await {
             tracing::error!(cause = %error, client = client.0, "cannot audit a process exit");
@@ -914,6 +932,16 @@ fn write_header(memfd: &OwnedFd, layout: Layout) -> Result<(), ServiceError> {
         }
         Layout::Event => ipcplane_shm::event::init_mapping(&mapping).map_err(|e| failed(&e)),
     }
+}
+
+/// Frees the roles (producer lanes, consumer) that the exited process of
+/// `token` still holds in a ring: another process tells a gone holder only
+/// in its own pid namespace, so one of a container would keep its lane for
+/// the ring's life; the agent knows it exited from its pidfd.
+fn release_ring_roles(memory: &Memory, token: u64) -> Result<usize, String> {
+    let mapping = Mapping::map(memory.memfd.as_fd(), ipcplane_shm::Access::ReadWrite)
+        .map_err(|e| e.to_string())?;
+    ipcplane_shm::ring::release_roles(Arc::new(mapping), token).map_err(|e| e.to_string())
 }
 
 /// A ring's doorbell: an eventfd, nonblocking so that neither a producer

@@ -205,6 +205,26 @@ pub fn process_start_time(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("cannot read the start time of pid {pid}")))
 }
 
+/// A process's pid as its own pid namespace numbers it (the last `NSpid:`
+/// field of its status) and that namespace's inode: what the process sees
+/// as `getpid()` and `/proc/self/ns/pid`, read from outside.
+///
+/// # Errors
+/// `NotFound` once the process is gone, or the error of reading or parsing
+/// its files (its namespace needs the right to inspect it).
+pub fn namespaced_pid(pid: u32) -> io::Result<(u32, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let inner = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .and_then(|field| field.split_whitespace().last())
+        .and_then(|inner| inner.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("cannot read the NSpid of pid {pid}")))?;
+    let namespace = std::fs::metadata(format!("/proc/{pid}/ns/pid"))?.ino();
+    Ok((inner, namespace))
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
@@ -212,6 +232,16 @@ mod tests {
     use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 
     use super::*;
+
+    #[test]
+    fn a_process_in_its_own_namespace_is_numbered_as_it_sees_itself() {
+        use std::os::unix::fs::MetadataExt;
+        let namespace = std::fs::metadata("/proc/self/ns/pid").unwrap().ino();
+        let pid = std::process::id();
+        assert_eq!(namespaced_pid(pid).unwrap(), (pid, namespace));
+        let gone = namespaced_pid(u32::MAX).unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+    }
 
     /// The `Pid:` line of a pidfd's fdinfo.
     fn pid_of(pidfd: &OwnedFd) -> u32 {

@@ -883,12 +883,49 @@ impl Owner {
         }
     }
 
-    /// Gives the role in `word` back, if `token` still holds it.
-    fn release(word: &AtomicU64, token: u64) {
+    /// Gives the role in `word` back, if `token` still holds it; returns
+    /// whether it did.
+    fn release(word: &AtomicU64, token: u64) -> bool {
         // ORDERING: Release; pairs with the Acquire claim in `Owner::claim`,
         // handing this holder's index to the next one.
-        let _ = word.compare_exchange(token, 0, Ordering::Release, Ordering::Relaxed);
+        word.compare_exchange(token, 0, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
     }
+}
+
+/// A process's token in a ring's role words (a producer lane's owner, the
+/// consumer), as a supervisor outside its pid namespace computes it: from
+/// its pid as its own namespace numbers it, its start time (clock ticks
+/// after boot) and its pid namespace's inode (see
+/// [`peer::namespaced_pid`](crate::peer::namespaced_pid)). `None` if a part
+/// is unknown (0), as a process without a readable `/proc` writes it: such
+/// a token does not tell it from another process.
+#[cfg(not(loom))]
+pub fn owner_token(pid: u32, start_time: u64, pid_namespace: u64) -> Option<u64> {
+    let owner = Owner::masked(u64::from(pid), start_time, pid_namespace);
+    (owner.pid != 0 && owner.start != 0 && owner.namespace != 0).then(|| owner.token())
+}
+
+/// Frees the roles the process of `token` (see [`owner_token`]) still holds
+/// in the ring in `mapping`: producer lanes and the consumer. For a
+/// supervisor that knows the process is gone (the agent learns it from a
+/// pidfd): an attaching process tells a gone holder only in its own pid
+/// namespace, so without this a producer of another namespace that dies
+/// keeps its lane, and a consumer the ring. Returns how many roles it
+/// freed; the next process to claim one resumes it as after any holder.
+/// The caller must be sure: a live holder's role would go to a second
+/// process.
+///
+/// # Errors
+/// As for [`Producer::from_mapping`], if the mapping holds no valid ring.
+#[cfg(not(loom))]
+pub fn release_roles(mapping: Arc<Mapping>, token: u64) -> Result<usize, LayoutError> {
+    let region = Region::from_mapping(mapping)?;
+    let lanes = (0..region.layout.lanes).map(|lane| region.lane_word(lane, lane::OWNER));
+    Ok(lanes
+        .chain([header::CONSUMER])
+        .filter(|&index| Owner::release(region.word(index), token))
+        .count())
 }
 
 /// The inode of this process's pid namespace (0 if unreadable).
@@ -2721,6 +2758,39 @@ mod tests {
         heir.try_send(b"three").unwrap();
         let got: Vec<Vec<u8>> = std::iter::from_fn(|| recv_vec(&mut consumer).unwrap()).collect();
         assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+    }
+
+    #[test]
+    fn a_supervisor_frees_the_roles_of_a_gone_process_by_its_token() {
+        use std::os::fd::AsFd;
+        let layout = RingLayout::new(256, 8, 1).unwrap();
+        let fd = crate::memfd::create_sealed("roles", layout.region_bytes() as u64).unwrap();
+        let mapping = Arc::new(Mapping::map(fd.as_fd(), Access::ReadWrite).unwrap());
+        init_mapping(&mapping, layout).unwrap();
+        // As if this process had died holding the lane and the consumer.
+        let mut producer = Producer::from_mapping(Arc::clone(&mapping)).unwrap();
+        producer.try_send(b"kept").unwrap();
+        std::mem::forget(producer);
+        std::mem::forget(Consumer::from_mapping(Arc::clone(&mapping)).unwrap());
+        assert_eq!(
+            Producer::from_mapping(Arc::clone(&mapping)).map(|_| ()),
+            Err(LayoutError::LanesTaken { lanes: 1 })
+        );
+
+        let pid = std::process::id();
+        let (inner, namespace) = crate::peer::namespaced_pid(pid).unwrap();
+        let start = crate::peer::process_start_time(pid).unwrap();
+        let other = owner_token(inner + 1, start, namespace).unwrap();
+        assert_eq!(release_roles(Arc::clone(&mapping), other), Ok(0));
+        let token = owner_token(inner, start, namespace).unwrap();
+        assert_eq!(release_roles(Arc::clone(&mapping), token), Ok(2));
+        assert_eq!(owner_token(inner, 0, namespace), None, "unknown start");
+
+        let mut heir = Producer::from_mapping(Arc::clone(&mapping)).unwrap();
+        heir.try_send(b"after").unwrap();
+        let mut consumer = Consumer::from_mapping(mapping).unwrap();
+        let got: Vec<Vec<u8>> = std::iter::from_fn(|| recv_vec(&mut consumer).unwrap()).collect();
+        assert_eq!(got, [b"kept".to_vec(), b"after".to_vec()]);
     }
 
     #[test]

@@ -9,9 +9,11 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use ipcplane::Access;
-use ipcplane::ring::{Consumer, Ring};
-use ipcplane_e2e::{TestAgent, datapath};
+use ipcplane::ring::{Consumer, LayoutError, Ring};
+use ipcplane::{Access, Error};
+use ipcplane_e2e::{TestAgent, can_switch_uid, datapath};
+
+use super::{eventually, runtime};
 
 const RING_PEER: &str = env!("CARGO_BIN_EXE_ipcplane-ring-peer");
 
@@ -43,6 +45,15 @@ fn spawn_producer(agent: &TestAgent, ring: &str, id: u32, count: u64, hang: bool
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn ipcplane-ring-peer")
+}
+
+/// The audit events of `action` on `resource`.
+fn events(agent: &TestAgent, action: &str, resource: &str) -> Vec<ipcplane_proto::v1::AuditEvent> {
+    runtime()
+        .block_on(agent.audit_events())
+        .into_iter()
+        .filter(|e| e.action == action && e.resource == resource)
+        .collect()
 }
 
 /// Receives one message and checks it; returns its producer and number.
@@ -144,6 +155,70 @@ fn a_producer_killed_mid_write_stalls_nobody_and_its_lane_is_taken_over() {
     }
     assert_success(heir);
     assert_drained(&mut consumer);
+}
+
+#[test]
+fn a_producer_of_another_pid_namespace_that_dies_gets_its_lane_freed_by_the_agent() {
+    if !can_switch_uid() {
+        println!(
+            "SKIPPED: needs root to start a producer in a pid namespace of its own (CI runs as root)"
+        );
+        return;
+    }
+    let agent = TestAgent::start();
+    let ring = create_ring(&agent, "contained", 64 << 10, 1);
+    let mut consumer = consumer_of(&ring);
+    // Pid 1 of a namespace of its own, as in a container: it sends 10
+    // messages, then dies holding a half-written loan (`unshare` dying takes
+    // it along).
+    let mut doomed = agent
+        .peer(Path::new("unshare"))
+        .args(["--pid", "--kill-child", "--mount-proc", RING_PEER])
+        .args(["contained", "0", "10", "hang"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn unshare");
+    let mut lines = BufReader::new(doomed.stdout.take().unwrap()).lines();
+    for expected in ["sent=10", "loaned=1"] {
+        assert_eq!(lines.next().unwrap().unwrap(), expected);
+    }
+    let lane_taken = |ring: &Ring| {
+        matches!(
+            ring.producer(),
+            Err(Error::RingLayout(LayoutError::LanesTaken { lanes: 1 }))
+        )
+    };
+    assert!(lane_taken(&ring), "its lane is taken while it lives");
+    // Its stdin stays open until it is gone (`wait` would close it first,
+    // and an end of input would let it exit cleanly before `unshare`'s
+    // death signal reaches it).
+    let stdin = doomed.stdin.take();
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    drop(stdin);
+    for next in 0..10 {
+        assert_eq!(receive(&mut consumer), (0, next));
+    }
+
+    // No process here can tell that a pid of that namespace is gone; the
+    // agent, told by the peer's pidfd, frees the lane, and audits it.
+    eventually("the agent frees the lane", || !lane_taken(&ring));
+    let mut heir = ring.producer().unwrap();
+    heir.send(b"heir").unwrap();
+    let mut got = [0; 4];
+    assert_eq!(consumer.recv().unwrap().copy_into(&mut got).unwrap(), 4);
+    assert_eq!(&got, b"heir");
+    let resource = format!("segments/{}", ring.id());
+    eventually("the release is audited", || {
+        !events(&agent, "ring.release", &resource).is_empty()
+    });
+    let released = events(&agent, "ring.release", &resource);
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert!(
+        released[0].detail.starts_with("freed 1 role(s)"),
+        "{released:?}"
+    );
 }
 
 #[test]
