@@ -2074,6 +2074,28 @@ mod tests {
     }
 
     #[test]
+    fn an_exiting_client_hands_back_the_rings_it_had_attached() {
+        let mut sut = unlimited();
+        let alice = caller(1000);
+        let client = connect(&mut sut, alice.clone());
+        let ring_id = create(&mut sut, &alice, &ring(4096, 0, 1), Some(client));
+        create(&mut sut, &alice, &spec(Some("plain"), 4096), Some(client));
+        let other = connect(&mut sut, alice.clone());
+        let elsewhere = create(
+            &mut sut,
+            &alice,
+            &SegmentSpec {
+                name: Some("other".into()),
+                ..ring(4096, 0, 1)
+            },
+            Some(other),
+        );
+        let exit = sut.process_exited(client, NOW).unwrap();
+        let rings: Vec<SegmentId> = exit.rings.iter().map(|(id, ())| *id).collect();
+        assert_eq!(rings, [ring_id], "not the plain segment, nor {elsewhere}");
+    }
+
+    #[test]
     fn a_ring_takes_the_size_of_its_region_with_defaults_filled_in() {
         let mut sut = unlimited();
         let record = sut
