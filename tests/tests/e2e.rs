@@ -89,6 +89,15 @@ fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// The audit events of `action` on `resource`.
+fn events(agent: &TestAgent, action: &str, resource: &str) -> Vec<v1::AuditEvent> {
+    runtime()
+        .block_on(agent.audit_events())
+        .into_iter()
+        .filter(|e| e.action == action && e.resource == resource)
+        .collect()
+}
+
 fn events_with(
     events: &[v1::AuditEvent],
     action: &str,

@@ -47,8 +47,9 @@
 //! was written for. The producer writes the payload, clears the slot word
 //! after the record unless it already reads as empty (when that is free
 //! space), then stores the committed word with `Release`; the consumer
-//! polls the slot word at its position with `Acquire`. So a message and its "ready" flag travel on the same cache
-//! line, the consumer never reads the producer's index, and it never writes
+//! polls the slot word at its position with `Acquire`. So a message and its
+//! "ready" flag travel on the same cache line, the consumer never reads the
+//! producer's index, and it never writes
 //! to the records: a slot word it consumed reads as empty a lap later by its
 //! tag. The consumer publishes its `tail` with `Release` once an eighth of
 //! the lane is released, when it catches up, or when the producer waits for

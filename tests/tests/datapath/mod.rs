@@ -13,7 +13,7 @@ use ipcplane::ring::{Consumer, LayoutError, Ring};
 use ipcplane::{Access, Error};
 use ipcplane_e2e::{TestAgent, can_switch_uid, datapath};
 
-use super::{eventually, runtime};
+use super::{events, eventually};
 
 const RING_PEER: &str = env!("CARGO_BIN_EXE_ipcplane-ring-peer");
 
@@ -45,15 +45,6 @@ fn spawn_producer(agent: &TestAgent, ring: &str, id: u32, count: u64, hang: bool
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn ipcplane-ring-peer")
-}
-
-/// The audit events of `action` on `resource`.
-fn events(agent: &TestAgent, action: &str, resource: &str) -> Vec<ipcplane_proto::v1::AuditEvent> {
-    runtime()
-        .block_on(agent.audit_events())
-        .into_iter()
-        .filter(|e| e.action == action && e.resource == resource)
-        .collect()
 }
 
 /// Receives one message and checks it; returns its producer and number.

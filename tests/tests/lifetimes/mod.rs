@@ -10,7 +10,7 @@ use ipcplane_e2e::TestAgent;
 use ipcplane_proto::v1;
 use serde_json::Value;
 
-use super::{PEER, eventually, run, runtime, spawn_holding, stderr};
+use super::{PEER, events, eventually, run, runtime, spawn_holding, stderr};
 
 /// A peer holding segments until it is told to exit or killed.
 struct Holder {
@@ -47,14 +47,6 @@ fn segment(agent: &TestAgent, id: u64) -> Option<Value> {
 
 fn attachments(agent: &TestAgent, id: u64) -> Option<u64> {
     segment(agent, id).and_then(|s| s["attachment_count"].as_u64())
-}
-
-fn events(agent: &TestAgent, action: &str, resource: &str) -> Vec<v1::AuditEvent> {
-    runtime()
-        .block_on(agent.audit_events())
-        .into_iter()
-        .filter(|e| e.action == action && e.resource == resource)
-        .collect()
 }
 
 /// A persistent segment made by this test process, which then detaches.
