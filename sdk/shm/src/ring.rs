@@ -131,15 +131,6 @@ const RECORD_ALIGN: usize = LINE;
 /// room: a cache line (see [Layout](self#layout)).
 const ALIGNED_PAYLOAD: usize = 64;
 
-/// Longest payload copied as 8-byte words, last word first, instead of by
-/// `memcpy`: one that fits in a block with its slot word. `memcpy` writes
-/// such a payload with vector stores, one spanning both of the block's
-/// lines, which the producer cannot retire until it owns both; word stores
-/// from the end write the line the consumer polls last, right before the
-/// commit. Measured here against `memcpy`, side by side: 64-byte messages
-/// stream 3-8% faster, and their round trip's p99 is 10-20% lower.
-const WORD_COPY_MAX: usize = RECORD_ALIGN - WORD;
-
 /// Word indices in the ring header.
 mod header {
     pub(super) const MAGIC: usize = 0;
@@ -445,6 +436,13 @@ fn record_size(len: usize) -> usize {
     (len + WORD + (RECORD_ALIGN - 1)) & !(RECORD_ALIGN - 1)
 }
 
+/// Bytes of a range of `len` bytes at lane offset `offset` that lie in the
+/// block it starts in: the part copied last (see `Region::copy_in`).
+#[inline]
+fn first_block_len(offset: usize, len: usize) -> usize {
+    (RECORD_ALIGN - offset % RECORD_ALIGN).min(len)
+}
+
 /// Where the payload of a message of `len` bytes starts in its record:
 /// after the slot word, or line-aligned for a message longer than a block
 /// whose record has room for that (see [Layout](self#layout)).
@@ -659,38 +657,35 @@ impl Region {
 
     /// Copies `src` into lane `lane` at offset `offset`; the range must be
     /// inside the lane's records and given to this side by the protocol.
+    ///
+    /// The consumer polls the lines of the block a record starts in, so the
+    /// producer's stores there wait until those lines are its own again;
+    /// queued first, that wait would hold up every store behind it (stores
+    /// retire in order). So the part of the range in its first block is
+    /// written last, and as 8-byte words from its end, so the line with the
+    /// slot word comes last of all, right before the commit (`memcpy` would
+    /// write it with vector stores, one spanning both of the block's lines).
+    /// Measured here side by side against one `memcpy`: 64-byte messages
+    /// stream 3-8% faster and their round trip's p99 is 10-20% lower; 64 KiB
+    /// messages stream a few percent faster.
     #[inline]
     fn copy_in(&self, lane: usize, offset: usize, src: &[u8]) {
         debug_assert!(offset + src.len() <= self.layout.capacity);
         #[cfg(not(loom))]
         {
-            let at = self.record_byte(lane, offset);
-            if src.len() <= WORD_COPY_MAX && at % WORD == 0 {
-                let words = src.chunks_exact(WORD);
-                let tail = words.remainder();
-                if !tail.is_empty() {
-                    let tail_at = self.base.as_ptr().wrapping_add(at + src.len() - tail.len());
-                    // SAFETY: the range's last bytes: inside the lane's
-                    // records, writable and given to us alone by the
-                    // protocol; `src` is private memory.
-                    unsafe { std::ptr::copy_nonoverlapping(tail.as_ptr(), tail_at, tail.len()) };
-                }
-                for (index, word) in words.enumerate().rev() {
-                    let mut bytes = [0; WORD];
-                    bytes.copy_from_slice(word);
-                    // ORDERING: Relaxed; published by the commit's Release
-                    // store of the slot word.
-                    self.word(at / WORD + index)
-                        .store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
-                }
+            let (head, rest) = src.split_at(first_block_len(offset, src.len()));
+            self.copy_bytes_in(lane, offset + head.len(), rest);
+            if self.record_byte(lane, offset) % WORD != 0 {
+                self.copy_bytes_in(lane, offset, head);
                 return;
             }
-            let dst = self.record_ptr(lane, offset);
-            // SAFETY: inside the lane's records (callers check against the
-            // capacity), writable and valid while `self` lives; the protocol
-            // gives this range to us alone, and `src` is private memory, so
-            // the two do not overlap.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+            let words = head.len() / WORD;
+            self.copy_bytes_in(lane, offset + words * WORD, &head[words * WORD..]);
+            self.store_words_back(lane, offset, words, |index| {
+                let mut bytes = [0; WORD];
+                bytes.copy_from_slice(&head[index * WORD..(index + 1) * WORD]);
+                u64::from_ne_bytes(bytes)
+            });
         }
         #[cfg(loom)]
         for (i, byte) in src.iter().enumerate() {
@@ -699,6 +694,43 @@ impl Region {
             let mut bytes = word.load(Ordering::Relaxed).to_ne_bytes();
             bytes[at % WORD] = *byte;
             word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        }
+    }
+
+    /// `memcpy` of private bytes into lane `lane` at offset `offset`, under
+    /// the contract of [`copy_in`](Self::copy_in).
+    #[cfg(not(loom))]
+    #[inline]
+    fn copy_bytes_in(&self, lane: usize, offset: usize, src: &[u8]) {
+        if src.is_empty() {
+            return;
+        }
+        let dst = self.record_ptr(lane, offset);
+        // SAFETY: inside the lane's records (callers check against the
+        // capacity), writable and valid while `self` lives; the protocol
+        // gives this range to us alone, and `src` is private memory, so the
+        // two do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+    }
+
+    /// Stores `count` words, `word(0)` to `word(count - 1)`, at lane
+    /// `lane`'s offset `offset` (word-aligned in the region), the last
+    /// first.
+    #[cfg(not(loom))]
+    #[inline]
+    fn store_words_back(
+        &self,
+        lane: usize,
+        offset: usize,
+        count: usize,
+        word: impl Fn(usize) -> u64,
+    ) {
+        let first = self.record_byte(lane, offset) / WORD;
+        for index in (0..count).rev() {
+            // ORDERING: Relaxed; published by the commit's Release store of
+            // the slot word.
+            self.word(first + index)
+                .store(word(index), Ordering::Relaxed);
         }
     }
 
@@ -1506,35 +1538,43 @@ impl Loan<'_> {
         check_range(offset, payload.len(), self.plan.len)?;
         #[cfg(not(loom))]
         {
-            let (to, from) = (&self.producer.region, payload.region);
-            let to_at = to.record_byte(self.producer.lane, self.plan.payload + offset);
-            let from_at = from.record_byte(payload.record.lane, payload.record.payload());
+            // As `Region::copy_in` does, the first block's part last.
+            let (to, lane, at) = (
+                &self.producer.region,
+                self.producer.lane,
+                self.plan.payload + offset,
+            );
+            let (from, from_lane, from_at) = (
+                payload.region,
+                payload.record.lane,
+                payload.record.payload(),
+            );
             let len = payload.len();
-            if len <= WORD_COPY_MAX && len % WORD == 0 && to_at % WORD == 0 {
-                // As in `Region::copy_in`; both payloads start on a word.
-                for index in (0..len / WORD).rev() {
-                    // ORDERING: Relaxed for both; the source was published by
-                    // the Acquire load of its slot word, the destination is
-                    // published by our commit.
-                    let word = from.word(from_at / WORD + index).load(Ordering::Relaxed);
-                    to.word(to_at / WORD + index).store(word, Ordering::Relaxed);
-                }
-                return Ok(());
+            let head = first_block_len(at, len);
+            let copy = |skip: usize, count: usize| {
+                let dst = to.record_ptr(lane, at + skip);
+                let src = from.record_ptr(from_lane, from_at + skip);
+                // SAFETY: both ranges are inside their lanes' records
+                // (checked by `plan` and `peek`) and valid while the loan and
+                // the payload live; the destination is free space the
+                // protocol gives this loan alone and the source is a
+                // committed record not yet released; they overlap only if a
+                // third party forged `tail`, so this is a `memmove`, correct
+                // even then.
+                unsafe { std::ptr::copy(src, dst, count) };
+            };
+            copy(head, len - head);
+            if head % WORD == 0 && to.record_byte(lane, at) % WORD == 0 {
+                // Payloads start on a word, so the source's words are aligned.
+                let first = from.record_byte(from_lane, from_at) / WORD;
+                to.store_words_back(lane, at, head / WORD, |index| {
+                    // ORDERING: Relaxed; the record was published to us by
+                    // the Acquire load of its slot word.
+                    from.word(first + index).load(Ordering::Relaxed)
+                });
+            } else {
+                copy(0, head);
             }
-            let dst = self
-                .producer
-                .region
-                .record_ptr(self.producer.lane, self.plan.payload + offset);
-            let src = payload
-                .region
-                .record_ptr(payload.record.lane, payload.record.payload());
-            // SAFETY: both ranges are inside their lanes' records (checked
-            // by `plan` and `peek`) and valid while the loan and the payload
-            // live; the destination is free space the protocol gives this
-            // loan alone and the source is a committed record not yet
-            // released; they overlap only if a third party forged `tail`,
-            // so this is a `memmove`, correct even then.
-            unsafe { std::ptr::copy(src, dst, payload.len()) };
         }
         #[cfg(loom)]
         self.payload_in(offset, &payload.to_vec());
