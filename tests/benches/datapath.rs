@@ -69,7 +69,7 @@ const WARMUP_ROUND_TRIPS: usize = 500;
 /// Timed round trips per repetition (the percentiles are over these).
 const ROUND_TRIPS: usize = 5_000;
 /// Bytes streamed per throughput repetition, capped at [`STREAM_MAX_MESSAGES`].
-const STREAM_BYTES: usize = 256 << 20;
+const STREAM_BYTES: usize = 1 << 30;
 const STREAM_MAX_MESSAGES: usize = 200_000;
 /// Messages streamed once per transport and size before the repetitions.
 const WARMUP_STREAM_MESSAGES: usize = 2_000;
