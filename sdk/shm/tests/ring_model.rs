@@ -242,12 +242,16 @@ mod tests {
         let heap = Heap::new(layout);
         // SAFETY: the heap outlives the endpoints (scoped threads below).
         let mut consumer = unsafe { Consumer::attach(heap.ptr, heap.len) }.unwrap();
+        // All attach before any sends: a producer done and dropped early
+        // would free its lane for a late one, which would number from 0 again.
+        let attached = std::sync::Barrier::new(PRODUCERS);
         std::thread::scope(|scope| {
             for _ in 0..PRODUCERS {
-                let heap = &heap;
+                let (heap, attached) = (&heap, &attached);
                 scope.spawn(move || {
                     // SAFETY: as above.
                     let mut producer = unsafe { Producer::attach(heap.ptr, heap.len) }.unwrap();
+                    attached.wait();
                     let lane = producer.lane() as u64;
                     for i in 0..PER_PRODUCER {
                         let mut data = (lane << 32 | i).to_le_bytes().to_vec();
