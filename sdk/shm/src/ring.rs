@@ -2600,9 +2600,9 @@ mod tests {
     }
 
     #[test]
-    fn copies_keep_every_byte_whether_by_words_or_memcpy() {
-        // Words up to a block, `memcpy` above or at unaligned offsets; with
-        // and without a tail of fewer than 8 bytes.
+    fn copies_keep_every_byte_whatever_the_length_and_offset() {
+        // Every split of a first block's part into line pieces and moves of
+        // 16, 8, 4 and 1 bytes, with and without a `memmove` of the rest.
         let heap = Heap::new(layout(4096, 1024));
         let (mut producer, mut consumer) = heap.pair();
         let other = Heap::new(layout(4096, 1024));
@@ -2934,12 +2934,22 @@ mod tests {
         assert_eq!(recv_vec(&mut consumer), Ok(Some(b"resumed".to_vec())));
     }
 
-    #[test]
-    fn a_lane_of_a_dead_process_is_taken_over_past_its_last_commit() {
+    /// Leaves `producer`'s lane as a process that died holding it would:
+    /// no drop, and the owner word naming a process that exited.
+    fn die_holding_the_lane(producer: Producer, region: &Region) {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = u64::from(child.id());
         child.wait().unwrap();
+        let index = producer.lane();
+        std::mem::forget(producer);
+        region.word(region.lane_word(index, lane::OWNER)).store(
+            Owner::masked(dead, 1, pid_namespace()).token(),
+            Ordering::Relaxed,
+        );
+    }
 
+    #[test]
+    fn a_lane_of_a_dead_process_is_taken_over_past_its_last_commit() {
         let heap = Heap::new(RingLayout::new(512, 24, 1).unwrap());
         let (mut producer, mut consumer) = heap.pair();
         producer.try_send(b"one").unwrap();
@@ -2951,11 +2961,7 @@ mod tests {
             .word(region.lane_word(0, lane::HEAD))
             .store(128, Ordering::Relaxed);
         region.slot(0, 384).store(COMMITTED | 5, Ordering::Relaxed);
-        std::mem::forget(producer);
-        region.word(region.lane_word(0, lane::OWNER)).store(
-            Owner::masked(dead, 1, pid_namespace()).token(),
-            Ordering::Relaxed,
-        );
+        die_holding_the_lane(producer, &region);
 
         let mut heir = heap.producer();
         assert_eq!(heir.lane(), 0);
@@ -2972,10 +2978,6 @@ mod tests {
 
     #[test]
     fn an_heir_finds_every_record_committed_since_the_last_published_head() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = u64::from(child.id());
-        child.wait().unwrap();
-
         // `head` is published every eighth of the lane: 512 bytes, 4 blocks.
         let heap = Heap::new(RingLayout::new(4096, 64, 1).unwrap());
         let (mut producer, mut consumer) = heap.pair();
@@ -2987,11 +2989,7 @@ mod tests {
         let head = region.word(region.lane_word(0, lane::HEAD));
         assert_eq!(head.load(Ordering::Relaxed), 512, "published once");
         // The producer dies without letting go (no publish on drop).
-        std::mem::forget(producer);
-        region.word(region.lane_word(0, lane::OWNER)).store(
-            Owner::masked(dead, 1, pid_namespace()).token(),
-            Ordering::Relaxed,
-        );
+        die_holding_the_lane(producer, &region);
 
         let mut heir = heap.producer();
         assert_eq!(head.load(Ordering::Relaxed), 7 * 128, "past all seven");
