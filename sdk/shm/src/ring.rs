@@ -77,8 +77,8 @@
 //! crossing the end makes the side report [`SendError::Corrupted`] or
 //! [`RecvError::Corrupted`], then and on every later call: never a panic,
 //! undefined behaviour, an access outside the region or a wait without
-//! timeout. Payload bytes are copied (as atomic words, or with `memcpy`) into
-//! and out of space the protocol gives this side alone; a peer writing into it anyway can change
+//! timeout. Payload bytes are copied (with `memcpy`, or a few 16-byte moves)
+//! into and out of space the protocol gives this side alone; a peer writing into it anyway can change
 //! only those bytes, which are read once, never a length or an index.
 
 use std::fmt;
