@@ -78,8 +78,9 @@
 //! [`RecvError::Corrupted`], then and on every later call: never a panic,
 //! undefined behaviour, an access outside the region or a wait without
 //! timeout. Payload bytes are copied (with `memcpy`, or a few 16-byte moves)
-//! into and out of space the protocol gives this side alone; a peer writing into it anyway can change
-//! only those bytes, which are read once, never a length or an index.
+//! into and out of space the protocol gives this side alone; a peer writing
+//! into it anyway can change only those bytes, which are read once, never a
+//! length or an index.
 
 use std::fmt;
 use std::ptr::NonNull;
