@@ -1413,7 +1413,7 @@ impl Producer {
     /// # Errors
     /// As for [`try_loan`](Self::try_loan), with [`SendError::TimedOut`]
     /// instead of `Full`.
-    #[inline]
+    #[inline(always)]
     pub fn loan(
         &mut self,
         len: usize,
