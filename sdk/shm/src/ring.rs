@@ -1166,9 +1166,8 @@ impl Producer {
         // further on): skip them. The producer makes the slot after each
         // record read as empty before committing it, so the first slot that
         // holds no committed record or wrap marker of its position's lap
-        // ends them.
-        // When the lane is full, the slot at `head` is the consumer's next
-        // record. Each step moves at least a block.
+        // ends them. When the lane is full, the slot at `head` is the
+        // consumer's next record. Each step moves at least a block.
         let mut head = (head & !(RECORD_ALIGN as u64 - 1)).max(tail);
         let capacity = producer.region.layout.capacity;
         for _ in 0..=capacity / RECORD_ALIGN {
@@ -1309,11 +1308,9 @@ impl Producer {
                 return Err(SendError::Full);
             }
         }
-        let start = if wrap { 0 } else { offset };
         Ok(Plan {
-            start,
+            start: if wrap { 0 } else { offset },
             wrap_at: wrap.then_some(offset),
-            payload: start + payload_offset(len),
             len,
             new_head: self.head + need,
         })
@@ -1534,12 +1531,18 @@ struct Plan {
     start: usize,
     /// Offset of the wrap marker, if the record goes to the next lap.
     wrap_at: Option<usize>,
-    /// Offset of the payload's first byte.
-    payload: usize,
     /// Payload length.
     len: usize,
     /// `head` once committed.
     new_head: u64,
+}
+
+impl Plan {
+    /// Offset of the payload's first byte in the lane.
+    #[inline(always)]
+    fn payload(&self) -> usize {
+        self.start + payload_offset(self.len)
+    }
 }
 
 /// Space loaned for one message: write it in place, then
@@ -1613,7 +1616,7 @@ impl Loan<'_> {
             unsafe {
                 self.producer.region.copy_from(
                     self.producer.lane,
-                    self.plan.payload + offset,
+                    self.plan.payload() + offset,
                     src,
                     payload.len(),
                 );
@@ -1630,7 +1633,7 @@ impl Loan<'_> {
         let lane = self.producer.lane;
         self.producer
             .region
-            .copy_in(lane, self.plan.payload + offset, data);
+            .copy_in(lane, self.plan.payload() + offset, data);
     }
 
     /// Publishes the message.
