@@ -137,6 +137,19 @@ const CACHE_LINE: usize = 64;
 /// room: a cache line (see [Layout](self#layout)).
 const ALIGNED_PAYLOAD: usize = CACHE_LINE;
 
+/// Longest a consumer falls behind a streaming producer (see [`Lag`]).
+#[cfg(not(loom))]
+const SLIP: Duration = Duration::from_micros(2);
+
+/// How far ahead of a consumer that falls behind its producer gets to write
+/// before the consumer goes on, at most a quarter of the lane (see [`Lag`]).
+#[cfg(not(loom))]
+const STRETCH: usize = 8 << 10;
+
+/// Most misses [`Lag`] counts: it then falls behind once in 1024 catch-ups.
+#[cfg(not(loom))]
+const MAX_MISSES: u32 = 10;
+
 /// Word indices in the ring header.
 mod header {
     pub(super) const MAGIC: usize = 0;
@@ -1738,6 +1751,11 @@ pub struct Consumer {
     published: Vec<u64>,
     /// Lane to look at first next time, so no lane starves the others.
     next_lane: usize,
+    /// Lane of the last message taken.
+    #[cfg(not(loom))]
+    last_lane: usize,
+    #[cfg(not(loom))]
+    lag: Lag,
     corrupted: bool,
     /// Our token in the ring's consumer word.
     token: u64,
@@ -1794,6 +1812,10 @@ impl Consumer {
             published: tails.clone(),
             tails,
             next_lane: 0,
+            #[cfg(not(loom))]
+            last_lane: 0,
+            #[cfg(not(loom))]
+            lag: Lag::default(),
             token,
         };
         if !consumer.corrupted {
@@ -1893,6 +1915,11 @@ impl Consumer {
         for _ in 0..lanes {
             if let Some(record) = self.peek(lane_index)? {
                 self.next_lane = after(lane_index);
+                #[cfg(not(loom))]
+                {
+                    self.last_lane = lane_index;
+                    self.lag.streak = self.lag.streak.saturating_add(1);
+                }
                 return Ok(Some(record));
             }
             // Caught up with this lane: give its producer all the space we
@@ -2069,6 +2096,13 @@ impl Consumer {
     /// Borrows the next message, waiting as `wait` says up to `timeout`
     /// (`None`: no limit).
     ///
+    /// When it finds the ring empty right after taking two or more messages
+    /// in a row, and `wait` spins, it first lets the producer get up to 8
+    /// KiB ahead, for at most 2 µs, so that it reads finished lines instead
+    /// of fighting the producer for the ones it is writing; a burst that
+    /// ended makes it do that ever more rarely. Request/response traffic
+    /// never waits for it.
+    ///
     /// # Errors
     /// [`RecvError::TimedOut`], or [`RecvError::Corrupted`] as for
     /// [`try_recv`](Self::try_recv).
@@ -2090,6 +2124,10 @@ impl Consumer {
         wait: Wait,
         timeout: Option<Duration>,
     ) -> Result<Record, RecvError> {
+        if self.lag.streak >= 2 && wait != (Wait::SpinThenPark { spins: 0 }) {
+            self.fall_behind(timeout);
+        }
+        self.lag.streak = 0;
         let mut waiter = Waiter::new(wait, timeout);
         loop {
             match waiter.next() {
@@ -2102,6 +2140,46 @@ impl Consumer {
                 return Ok(record);
             }
         }
+    }
+
+    /// Unless [`Lag`] says to skip this catch-up, waits for the producer of
+    /// the lane we caught up with to write [`STRETCH`] bytes ahead, for at
+    /// most [`SLIP`], without looking at the lines it is writing.
+    #[cold]
+    fn fall_behind(&mut self, timeout: Option<Duration>) {
+        if timeout.is_some_and(|timeout| timeout < SLIP) {
+            return;
+        }
+        if self.lag.skips > 0 {
+            self.lag.skips -= 1;
+            return;
+        }
+        let lane_index = self.last_lane;
+        let tail = self.tails[lane_index];
+        let stretch = STRETCH.min(self.region.layout.capacity / 4) as u64;
+        let ahead = self
+            .region
+            .slot(lane_index, self.region.offset(tail + stretch));
+        // ORDERING: Relaxed for every load here; they are hints, and the
+        // record is read only by a later `peek`.
+        let before = ahead.load(Ordering::Relaxed);
+        let start = Instant::now();
+        while ahead.load(Ordering::Relaxed) == before {
+            if start.elapsed() >= SLIP {
+                // The producer did not get that far: it is slower than the
+                // stretch needs if it committed the record at our tail,
+                // else its burst ended.
+                let word = self.region.slot(lane_index, self.region.offset(tail));
+                let ended = matches!(
+                    self.region.decode(word.load(Ordering::Relaxed), tail),
+                    Slot::Empty
+                );
+                self.lag.slipped(!ended);
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        self.lag.slipped(true);
     }
 
     /// Sleeps on the ring's futex until a producer commits or the deadline
@@ -2283,6 +2361,46 @@ enum Step {
     Spin,
     Park,
     TimedOut,
+}
+
+/// When a blocking receive that caught up with a streaming producer falls
+/// behind it.
+///
+/// A consumer that keeps up with a streaming producer polls each record's
+/// lines while the producer is still writing them, so each line crosses
+/// between the cores several times and both sides slow down (64-byte
+/// streams ran at 25-30 M messages/s here that way). Waiting up to [`SLIP`]
+/// for the producer to get a [`STRETCH`] ahead, the consumer then reads
+/// only finished lines (35-40 M). It falls behind only after taking two or
+/// more messages in a row, so a request/response exchange (one message,
+/// then a wait) never pays it. A message that comes after a pause of the
+/// stream shorter than the slip waits for the slip's end; when the producer
+/// committed nothing during a slip (its burst ended), the consumer falls
+/// behind again only after 1, 3, 7, ... 1023 further catch-ups, so a
+/// pattern of short bursts pays that wait rarely.
+#[cfg(not(loom))]
+#[derive(Debug, Default)]
+struct Lag {
+    /// Messages taken since every lane last read as empty.
+    streak: u32,
+    /// Catch-ups to let pass before falling behind again.
+    skips: u32,
+    /// Falls behind in a row that ran out of time, up to [`MAX_MISSES`].
+    misses: u32,
+}
+
+#[cfg(not(loom))]
+impl Lag {
+    /// Records how falling behind went: the producer kept streaming, or
+    /// its burst ended (a miss).
+    fn slipped(&mut self, streaming: bool) {
+        if streaming {
+            self.misses = 0;
+        } else {
+            self.misses = (self.misses + 1).min(MAX_MISSES);
+            self.skips = (1 << self.misses) - 1;
+        }
+    }
 }
 
 /// A blocking call's wait: spins, then parks if the strategy says so, until
@@ -3114,6 +3232,65 @@ mod tests {
         }
         // A timed-out park leaves no marker behind.
         assert_eq!(recv_vec(&mut consumer), Ok(Some(vec![0; 24])));
+    }
+
+    #[test]
+    fn a_receiver_falls_behind_only_after_a_streak_and_rarely_once_bursts_end() {
+        let heap = Heap::new(layout(4096, 24));
+        let (mut producer, mut consumer) = heap.pair();
+        let short = Some(Duration::from_millis(5));
+        let timed_out = |consumer: &mut Consumer| {
+            assert_eq!(
+                consumer.recv(Wait::BusyPoll, short).map(|_| ()),
+                Err(RecvError::TimedOut)
+            );
+            (consumer.lag.misses, consumer.lag.skips)
+        };
+        // One message, then a wait, as in request/response: never falls
+        // behind.
+        producer.try_send(&[1; 24]).unwrap();
+        drop(consumer.recv(Wait::BusyPoll, short).unwrap());
+        assert_eq!(timed_out(&mut consumer), (0, 0));
+        // Bursts of two that end before the slip does: each slip is a miss,
+        // and the catch-ups skipped after it double.
+        let mut seen = Vec::new();
+        for burst in 0..8 {
+            for _ in 0..2 {
+                producer.try_send(&[burst; 24]).unwrap();
+            }
+            for _ in 0..2 {
+                let sample = consumer.recv(Wait::BusyPoll, short).unwrap();
+                assert_eq!(sample.payload().to_vec(), [burst; 24]);
+            }
+            seen.push(timed_out(&mut consumer));
+        }
+        assert_eq!(
+            seen,
+            [
+                (1, 1),
+                (1, 0),
+                (2, 3),
+                (2, 2),
+                (2, 1),
+                (2, 0),
+                (3, 7),
+                (3, 6)
+            ]
+        );
+        // A timeout shorter than the slip is never stretched by it.
+        producer.try_send(&[9; 24]).unwrap();
+        producer.try_send(&[9; 24]).unwrap();
+        consumer.lag = Lag::default();
+        for _ in 0..2 {
+            drop(consumer.recv(Wait::BusyPoll, short).unwrap());
+        }
+        assert_eq!(
+            consumer
+                .recv(Wait::BusyPoll, Some(Duration::ZERO))
+                .map(|_| ()),
+            Err(RecvError::TimedOut)
+        );
+        assert_eq!((consumer.lag.misses, consumer.lag.skips), (0, 0));
     }
 
     /// Spins until `check` holds, failing after a generous deadline.
