@@ -413,6 +413,7 @@ impl Consumer {
         self.recv_inner(Some(timeout))
     }
 
+    #[inline]
     fn recv_inner(&mut self, timeout: Option<Duration>) -> Result<Sample<'_>, Error> {
         self.inner
             .recv(self.wait, timeout)

@@ -25,11 +25,11 @@
 //!   to wake a parked consumer.
 //! - Then each lane: its producer's line (`head`, the position after the
 //!   committed records as of the producer's last publish, which it makes
-//!   every eighth of the lane and when it lets go, and `owner`, the
-//!   claiming process), its consumer's
-//!   line (`tail`, bytes released, whose top bit says the producer is parked,
-//!   and the futex word the consumer bumps to wake it), then `capacity`
-//!   bytes of records, a power of two.
+//!   every 2 KiB (every eighth of a smaller lane) and when it lets go, and
+//!   `owner`, the claiming process), its consumer's line (`tail`, bytes
+//!   released, whose top bit says the producer is parked, and the futex
+//!   word the consumer bumps to wake it), then `capacity` bytes of records,
+//!   a power of two.
 //! - Positions only grow; a position's offset in a lane is `position &
 //!   (capacity - 1)`. A record starts at a 128-byte *block* boundary with an
 //!   8-byte *slot word*, then the payload, then padding to the next block:
@@ -54,10 +54,10 @@
 //! after the record unless it already reads as empty (when that is free
 //! space), then stores the committed word with `Release`; the consumer
 //! polls the slot word at its position with `Acquire`. So a message and its
-//! "ready" flag travel on the same cache line, the consumer never reads the
-//! producer's index, and it never writes
-//! to the records: a slot word it consumed reads as empty a lap later by its
-//! tag. The consumer publishes its `tail` with `Release` once an eighth of
+//! "ready" flag travel on the same cache line, the consumer needs no index
+//! of the producer's (it reads the published `head` only to keep behind a
+//! stream, see [`Consumer::recv`]), and it never writes to the records: a
+//! slot word it consumed reads as empty a lap later by its tag. The consumer publishes its `tail` with `Release` once an eighth of
 //! the lane is released, when it catches up, or when the producer waits for
 //! space; the producer reads `tail` with `Acquire` only when its cached copy
 //! says the lane is full.
@@ -137,16 +137,27 @@ const CACHE_LINE: usize = 64;
 /// room: a cache line (see [Layout](self#layout)).
 const ALIGNED_PAYLOAD: usize = CACHE_LINE;
 
-/// Longest a consumer falls behind a streaming producer (see [`Lag`]).
+/// Most bytes a producer commits between publishes of `head`.
+const HEAD_EVERY: u64 = 2 << 10;
+
+/// Bytes a producer commits between publishes of `head`: [`HEAD_EVERY`], or
+/// an eighth of a smaller lane.
+#[inline(always)]
+fn head_interval(capacity: u64) -> u64 {
+    (capacity / 8).min(HEAD_EVERY)
+}
+
+/// Longest a consumer waits for a streaming producer to get a stretch
+/// ahead (see [`Lag`]).
 #[cfg(not(loom))]
 const SLIP: Duration = Duration::from_micros(2);
 
-/// How far ahead of a consumer that falls behind its producer gets to write
-/// before the consumer goes on, at most a quarter of the lane (see [`Lag`]).
+/// How far ahead of a consumer that keeps behind its producer the producer
+/// is to be, at most a quarter of the lane (see [`Lag`]).
 #[cfg(not(loom))]
 const STRETCH: usize = 8 << 10;
 
-/// Most misses [`Lag`] counts: it then falls behind once in 1024 catch-ups.
+/// Most misses [`Lag`] counts: it then engages at most once in 1024 chances.
 #[cfg(not(loom))]
 const MAX_MISSES: u32 = 10;
 
@@ -169,8 +180,9 @@ mod header {
 /// Word indices in a lane header.
 mod lane {
     /// Position after the committed records as of the producer's last
-    /// publish (every eighth of the lane, and when it lets go): where an
-    /// heir starts looking for the end of them.
+    /// publish (every 2 KiB or eighth of the lane, and when it lets go):
+    /// where an heir starts looking for the end of them, and how a consumer
+    /// keeping behind a stream sees how far ahead the producer is.
     pub(super) const HEAD: usize = 0;
     /// Token of the producer that claimed the lane, 0 if free.
     pub(super) const OWNER: usize = 1;
@@ -762,7 +774,7 @@ impl Region {
     /// 64-byte payload 8 bytes into a block with one vector store spanning
     /// both lines). Measured here side by side, with the hot path inlined
     /// (each call pushes registers: more stores) and `head` published every
-    /// eighth of a lane instead of every message: 64-byte messages stream
+    /// few KiB instead of every message: 64-byte messages stream
     /// 1.5-1.9x faster while cross-core traffic bounds them; 64 KiB
     /// messages a few percent faster.
     ///
@@ -1090,9 +1102,9 @@ pub struct Producer {
     lane: usize,
     /// Our index: the only copy we trust.
     head: u64,
-    /// `head` as last published in the lane: every eighth of the lane and
-    /// when we let go of it, not every commit, which would add a store to
-    /// each (an heir finds the records committed since, see `resume`).
+    /// `head` as last published in the lane: every [`head_interval`] bytes
+    /// and when we let go of it, not every commit, which would add a store
+    /// to each (an heir finds the records committed since, see `resume`).
     published_head: u64,
     /// The consumer's index as last loaded and validated.
     tail_cache: u64,
@@ -1174,7 +1186,7 @@ impl Producer {
             producer.corrupted = true;
             return producer;
         }
-        // `head` is published every eighth of the lane, so records may have
+        // `head` is published every few KiB, so records may have
         // been committed past it (or past the consumer's `tail`, if that is
         // further on): skip them. The producer makes the slot after each
         // record read as empty before committing it, so the first slot that
@@ -1696,7 +1708,7 @@ impl Loan<'_> {
                 .store(region.committed(producer.head, len), Ordering::Release),
         }
         producer.head = plan.new_head;
-        if producer.head - producer.published_head >= capacity / 8 {
+        if producer.head - producer.published_head >= head_interval(capacity) {
             producer.publish_head();
         }
         producer.wake_consumer();
@@ -1918,7 +1930,11 @@ impl Consumer {
                 #[cfg(not(loom))]
                 {
                     self.last_lane = lane_index;
-                    self.lag.streak = self.lag.streak.saturating_add(1);
+                    self.lag.streak = if record.len <= RECORD_ALIGN - WORD {
+                        self.lag.streak.saturating_add(1)
+                    } else {
+                        0
+                    };
                 }
                 return Ok(Some(record));
             }
@@ -2096,12 +2112,15 @@ impl Consumer {
     /// Borrows the next message, waiting as `wait` says up to `timeout`
     /// (`None`: no limit).
     ///
-    /// When it finds the ring empty right after taking two or more messages
-    /// in a row, and `wait` spins, it first lets the producer get up to 8
-    /// KiB ahead, for at most 2 µs, so that it reads finished lines instead
-    /// of fighting the producer for the ones it is writing; a burst that
-    /// ended makes it do that ever more rarely. Request/response traffic
-    /// never waits for it.
+    /// A receive that spins keeps a few KiB behind a producer streaming
+    /// small messages, so that it reads lines the producer has finished
+    /// with instead of fighting it for the ones it is writing: once it has
+    /// found the ring empty right after taking two or more messages of up
+    /// to 120 bytes in a row, it waits (every 4 KiB, and on catching up)
+    /// for the producer to be 8 KiB ahead, for at most 2 µs each time. A
+    /// wait during which the producer wrote less than 4 KiB stops that, and
+    /// makes it start again ever more rarely. Request/response traffic (one
+    /// message, then a wait) never waits for it.
     ///
     /// # Errors
     /// [`RecvError::TimedOut`], or [`RecvError::Corrupted`] as for
@@ -2109,7 +2128,12 @@ impl Consumer {
     #[inline]
     pub fn recv(&mut self, wait: Wait, timeout: Option<Duration>) -> Result<Sample<'_>, RecvError> {
         let record = match self.poll()? {
-            Some(record) => record,
+            Some(record) => {
+                if self.lag.engaged && self.tails[self.lag.lane] >= self.lag.checkpoint {
+                    self.keep_behind(self.lag.lane, timeout);
+                }
+                record
+            }
             None => self.wait_for_record(wait, timeout)?,
         };
         Ok(Sample {
@@ -2124,8 +2148,8 @@ impl Consumer {
         wait: Wait,
         timeout: Option<Duration>,
     ) -> Result<Record, RecvError> {
-        if self.lag.streak >= 2 && wait != (Wait::SpinThenPark { spins: 0 }) {
-            self.fall_behind(timeout);
+        if (self.lag.engaged || self.lag.streak >= 2) && wait != (Wait::SpinThenPark { spins: 0 }) {
+            self.keep_behind(self.last_lane, timeout);
         }
         self.lag.streak = 0;
         let mut waiter = Waiter::new(wait, timeout);
@@ -2142,44 +2166,52 @@ impl Consumer {
         }
     }
 
-    /// Unless [`Lag`] says to skip this catch-up, waits for the producer of
-    /// the lane we caught up with to write [`STRETCH`] bytes ahead, for at
-    /// most [`SLIP`], without looking at the lines it is writing.
+    /// Waits for the producer of a lane to publish a `head` [`STRETCH`]
+    /// past our position in it, for at most [`SLIP`], engaging [`Lag`] for
+    /// that lane unless it says to skip this time.
     #[cold]
-    fn fall_behind(&mut self, timeout: Option<Duration>) {
+    fn keep_behind(&mut self, lane_index: usize, timeout: Option<Duration>) {
         if timeout.is_some_and(|timeout| timeout < SLIP) {
             return;
         }
-        if self.lag.skips > 0 {
-            self.lag.skips -= 1;
-            return;
-        }
-        let lane_index = self.last_lane;
-        let tail = self.tails[lane_index];
-        let stretch = STRETCH.min(self.region.layout.capacity / 4) as u64;
-        let ahead = self
-            .region
-            .slot(lane_index, self.region.offset(tail + stretch));
-        // ORDERING: Relaxed for every load here; they are hints, and the
-        // record is read only by a later `peek`.
-        let before = ahead.load(Ordering::Relaxed);
-        let start = Instant::now();
-        while ahead.load(Ordering::Relaxed) == before {
-            if start.elapsed() >= SLIP {
-                // The producer did not get that far: it is slower than the
-                // stretch needs if it committed the record at our tail,
-                // else its burst ended.
-                let word = self.region.slot(lane_index, self.region.offset(tail));
-                let ended = matches!(
-                    self.region.decode(word.load(Ordering::Relaxed), tail),
-                    Slot::Empty
-                );
-                self.lag.slipped(!ended);
+        if !self.lag.engaged {
+            if self.lag.skips > 0 {
+                self.lag.skips -= 1;
                 return;
+            }
+            self.lag.engaged = true;
+            self.lag.lane = lane_index;
+        }
+        // Free what we hold first: the producer may need it to get ahead.
+        if self.tails[lane_index] != self.published[lane_index] {
+            self.publish_tail(lane_index);
+        }
+        let stretch = STRETCH.min(self.region.layout.capacity / 4) as u64;
+        let target = self.tails[lane_index] + stretch;
+        let head = self
+            .region
+            .word(self.region.lane_word(lane_index, lane::HEAD));
+        // ORDERING: Relaxed for every load of `head` here; it is a hint
+        // (any value only ends the wait sooner or later), and records are
+        // read only after `peek`'s Acquire load of their slot word.
+        let load = || head.load(Ordering::Relaxed);
+        let mut waited = None;
+        while load() < target {
+            let (start, from) = *waited.get_or_insert_with(|| (Instant::now(), load()));
+            if start.elapsed() >= SLIP {
+                // Still a stream if the producer wrote half a stretch in
+                // the meantime: keep behind it, as far as it got.
+                if load().saturating_sub(from) < stretch / 2 {
+                    self.lag.missed();
+                }
+                break;
             }
             std::hint::spin_loop();
         }
-        self.lag.slipped(true);
+        if self.lag.engaged {
+            self.lag.misses = 0;
+            self.lag.checkpoint = target - stretch / 2;
+        }
     }
 
     /// Sleeps on the ring's futex until a producer commits or the deadline
@@ -2363,43 +2395,52 @@ enum Step {
     TimedOut,
 }
 
-/// When a blocking receive that caught up with a streaming producer falls
-/// behind it.
+/// How a blocking receive keeps behind a streaming producer.
 ///
-/// A consumer that keeps up with a streaming producer polls each record's
-/// lines while the producer is still writing them, so each line crosses
-/// between the cores several times and both sides slow down (64-byte
-/// streams ran at 25-30 M messages/s here that way). Waiting up to [`SLIP`]
-/// for the producer to get a [`STRETCH`] ahead, the consumer then reads
-/// only finished lines (35-40 M). It falls behind only after taking two or
-/// more messages in a row, so a request/response exchange (one message,
-/// then a wait) never pays it. A message that comes after a pause of the
-/// stream shorter than the slip waits for the slip's end; when the producer
-/// committed nothing during a slip (its burst ended), the consumer falls
-/// behind again only after 1, 3, 7, ... 1023 further catch-ups, so a
-/// pattern of short bursts pays that wait rarely.
+/// A consumer as fast as its producer polls each record's lines while the
+/// producer still writes them, so each line crosses between the cores
+/// several times and both sides slow down (64-byte streams ran at 25-30 M
+/// messages/s here that way). Kept a few KiB behind, the consumer reads
+/// only lines the producer has finished with, and the producer writes
+/// lines nobody is reading.
+///
+/// A spinning receive engages it when it finds the ring empty right after
+/// taking two or more one-block messages in a row, so request/response
+/// traffic (one message, then a wait) never does, nor do streams of larger
+/// messages, whose records have lines the consumer may not read at all.
+/// Engaged, before taking a message at least half a [`STRETCH`] past the
+/// last check (and on catching up), it waits for the producer's published
+/// `head` to be a stretch past it, for at most [`SLIP`]. A wait that runs
+/// out with the producer less than half a stretch further (the burst
+/// ended, or the stream is too slow to gain from it) disengages it, and it
+/// then skips the next 1, 3, 7, ... 1023 chances to engage, so bursty
+/// traffic pays that wait rarely. Reading `head` costs the producer's next
+/// publish of it a line transfer: once a check, a few KiB apart.
 #[cfg(not(loom))]
 #[derive(Debug, Default)]
 struct Lag {
-    /// Messages taken since every lane last read as empty.
+    /// One-block messages taken in a row since every lane last read as
+    /// empty.
     streak: u32,
-    /// Catch-ups to let pass before falling behind again.
+    /// Whether receives keep behind the producer of `lane`.
+    engaged: bool,
+    lane: usize,
+    /// Position in `lane` from which the next message waits for the
+    /// producer to be a stretch ahead.
+    checkpoint: u64,
+    /// Chances to engage to let pass.
     skips: u32,
-    /// Falls behind in a row that ran out of time, up to [`MAX_MISSES`].
+    /// Waits in a row that ran out, up to [`MAX_MISSES`].
     misses: u32,
 }
 
 #[cfg(not(loom))]
 impl Lag {
-    /// Records how falling behind went: the producer kept streaming, or
-    /// its burst ended (a miss).
-    fn slipped(&mut self, streaming: bool) {
-        if streaming {
-            self.misses = 0;
-        } else {
-            self.misses = (self.misses + 1).min(MAX_MISSES);
-            self.skips = (1 << self.misses) - 1;
-        }
+    /// A wait ran out: disengage, and back off from engaging again.
+    fn missed(&mut self) {
+        self.engaged = false;
+        self.misses = (self.misses + 1).min(MAX_MISSES);
+        self.skips = (1 << self.misses) - 1;
     }
 }
 
@@ -3235,7 +3276,7 @@ mod tests {
     }
 
     #[test]
-    fn a_receiver_falls_behind_only_after_a_streak_and_rarely_once_bursts_end() {
+    fn a_receiver_keeps_behind_only_after_a_streak_and_rarely_once_bursts_end() {
         let heap = Heap::new(layout(4096, 24));
         let (mut producer, mut consumer) = heap.pair();
         let short = Some(Duration::from_millis(5));
@@ -3246,13 +3287,13 @@ mod tests {
             );
             (consumer.lag.misses, consumer.lag.skips)
         };
-        // One message, then a wait, as in request/response: never falls
+        // One message, then a wait, as in request/response: never keeps
         // behind.
         producer.try_send(&[1; 24]).unwrap();
         drop(consumer.recv(Wait::BusyPoll, short).unwrap());
         assert_eq!(timed_out(&mut consumer), (0, 0));
-        // Bursts of two that end before the slip does: each slip is a miss,
-        // and the catch-ups skipped after it double.
+        // Bursts of two that end: each wait for the producer to get ahead
+        // runs out, and the chances skipped after it double.
         let mut seen = Vec::new();
         for burst in 0..8 {
             for _ in 0..2 {
@@ -3291,6 +3332,43 @@ mod tests {
             Err(RecvError::TimedOut)
         );
         assert_eq!((consumer.lag.misses, consumer.lag.skips), (0, 0));
+        // Nor is a streak of messages longer than a block.
+        let heap = Heap::new(layout(4096, 200));
+        let (mut producer, mut consumer) = heap.pair();
+        for _ in 0..2 {
+            producer.try_send(&[7; 200]).unwrap();
+        }
+        for _ in 0..2 {
+            drop(consumer.recv(Wait::BusyPoll, short).unwrap());
+        }
+        assert_eq!(timed_out(&mut consumer), (0, 0));
+        assert!(!consumer.lag.engaged);
+    }
+
+    #[test]
+    fn a_receiver_keeping_behind_goes_on_while_the_producer_is_a_stretch_ahead() {
+        // A stretch of 1024 bytes (a quarter of the lane), `head` published
+        // every 512, one 128-byte block a message.
+        let heap = Heap::new(layout(4096, 24));
+        let (mut producer, mut consumer) = heap.pair();
+        for i in 0..24 {
+            producer.try_send(&[i; 24]).unwrap();
+        }
+        consumer.lag = Lag {
+            engaged: true,
+            ..Lag::default()
+        };
+        let mut engaged = Vec::new();
+        for i in 0..24 {
+            let sample = consumer.recv(Wait::BusyPoll, None).unwrap();
+            assert_eq!(sample.payload().to_vec(), [i; 24]);
+            drop(sample);
+            engaged.push(consumer.lag.engaged);
+        }
+        // `head` is at 3072: the message at 2560 waits for it to pass 3584
+        // in vain, and is delivered all the same.
+        assert_eq!(engaged, [[true; 20].as_slice(), &[false; 4]].concat());
+        assert_eq!((consumer.lag.misses, consumer.lag.skips), (1, 1));
     }
 
     /// Spins until `check` holds, failing after a generous deadline.
