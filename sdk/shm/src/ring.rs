@@ -57,10 +57,11 @@
 //! "ready" flag travel on the same cache line, the consumer needs no index
 //! of the producer's (it reads the published `head` only to keep behind a
 //! stream, see [`Consumer::recv`]), and it never writes to the records: a
-//! slot word it consumed reads as empty a lap later by its tag. The consumer publishes its `tail` with `Release` once an eighth of
-//! the lane is released, when it catches up, or when the producer waits for
-//! space; the producer reads `tail` with `Acquire` only when its cached copy
-//! says the lane is full.
+//! slot word it consumed reads as empty a lap later by its tag. The
+//! consumer publishes its `tail` with `Release` once an eighth of the lane
+//! is released, when it catches up, or when the producer waits for space;
+//! the producer reads `tail` with `Acquire` only when its cached copy says
+//! the lane is full.
 //!
 //! Parking costs the fast path no fence and no system call: a sleeper sets
 //! its *parked* flag and runs a cross-process barrier (`membarrier`, see
@@ -1623,6 +1624,7 @@ impl Loan<'_> {
     ///
     /// # Errors
     /// [`OutOfBounds`] if the message does not fit at `offset`.
+    #[inline]
     pub fn write_payload_at(
         &mut self,
         offset: usize,
