@@ -81,7 +81,9 @@
 //! timeout. Payload bytes are copied (with `memcpy`, or a few 16-byte moves)
 //! into and out of space the protocol gives this side alone; a peer writing
 //! into it anyway can change only those bytes, which are read once, never a
-//! length or an index.
+//! length or an index. The one word read unchecked is the producer's
+//! published `head`, and only by a consumer keeping behind a stream, as a
+//! hint that ends a wait of at most 2 µs sooner or later.
 
 use std::fmt;
 use std::ptr::NonNull;
@@ -362,6 +364,12 @@ impl Wait {
     /// Spin-then-park with a spin bound of 4096 polls: tens of microseconds
     /// to about a hundred, as long as the CPU's pause takes.
     pub const PARK: Self = Self::SpinThenPark { spins: 4096 };
+
+    /// Whether waiting spins at all before it parks.
+    #[cfg(not(loom))]
+    fn spins(self) -> bool {
+        self != Self::SpinThenPark { spins: 0 }
+    }
 }
 
 /// The validated sizes of a ring.
@@ -1362,7 +1370,8 @@ impl Producer {
         self.lane_word(lane::TAIL).load(Ordering::Acquire)
     }
 
-    /// Publishes `head` for a producer taking the lane over after us.
+    /// Publishes `head` for a producer taking the lane over after us, and
+    /// for a consumer keeping behind us.
     fn publish_head(&mut self) {
         // ORDERING: Release; pairs with the Acquire load in `resume`, so the
         // records before it are complete for an heir.
@@ -1931,12 +1940,14 @@ impl Consumer {
                 self.next_lane = after(lane_index);
                 #[cfg(not(loom))]
                 {
-                    self.last_lane = lane_index;
-                    self.lag.streak = if record.len <= RECORD_ALIGN - WORD {
+                    self.lag.streak = if record.len > RECORD_ALIGN - WORD {
+                        0
+                    } else if lane_index == self.last_lane {
                         self.lag.streak.saturating_add(1)
                     } else {
-                        0
+                        1
                     };
+                    self.last_lane = lane_index;
                 }
                 return Ok(Some(record));
             }
@@ -1946,6 +1957,11 @@ impl Consumer {
                 self.publish_tail(lane_index);
             }
             lane_index = after(lane_index);
+        }
+        #[cfg(not(loom))]
+        {
+            self.lag.caught_up_after = self.lag.streak;
+            self.lag.streak = 0;
         }
         Ok(None)
     }
@@ -2118,11 +2134,12 @@ impl Consumer {
     /// small messages, so that it reads lines the producer has finished
     /// with instead of fighting it for the ones it is writing: once it has
     /// found the ring empty right after taking two or more messages of up
-    /// to 120 bytes in a row, it waits (every 4 KiB, and on catching up)
-    /// for the producer to be 8 KiB ahead, for at most 2 µs each time. A
-    /// wait during which the producer wrote less than 4 KiB stops that, and
+    /// to 120 bytes in a row from one lane, it waits (every 4 KiB, and on
+    /// catching up) for the producer to be 8 KiB ahead (half and all of a
+    /// quarter of a lane under 32 KiB), for at most 2 µs each time. A wait
+    /// during which the producer wrote less than half that stops it, and
     /// makes it start again ever more rarely. Request/response traffic (one
-    /// message, then a wait) never waits for it.
+    /// message, then a wait, from each lane) never waits for it.
     ///
     /// # Errors
     /// [`RecvError::TimedOut`], or [`RecvError::Corrupted`] as for
@@ -2131,7 +2148,10 @@ impl Consumer {
     pub fn recv(&mut self, wait: Wait, timeout: Option<Duration>) -> Result<Sample<'_>, RecvError> {
         let record = match self.poll()? {
             Some(record) => {
-                if self.lag.engaged && self.tails[self.lag.lane] >= self.lag.checkpoint {
+                if self.lag.engaged
+                    && wait.spins()
+                    && self.tails[self.lag.lane] >= self.lag.checkpoint
+                {
                     self.keep_behind(self.lag.lane, timeout);
                 }
                 record
@@ -2150,10 +2170,14 @@ impl Consumer {
         wait: Wait,
         timeout: Option<Duration>,
     ) -> Result<Record, RecvError> {
-        if (self.lag.engaged || self.lag.streak >= 2) && wait != (Wait::SpinThenPark { spins: 0 }) {
-            self.keep_behind(self.last_lane, timeout);
+        if wait.spins() && (self.lag.engaged || self.lag.caught_up_after >= 2) {
+            let lane_index = if self.lag.engaged {
+                self.lag.lane
+            } else {
+                self.last_lane
+            };
+            self.keep_behind(lane_index, timeout);
         }
-        self.lag.streak = 0;
         let mut waiter = Waiter::new(wait, timeout);
         loop {
             match waiter.next() {
@@ -2407,8 +2431,8 @@ enum Step {
 /// lines nobody is reading.
 ///
 /// A spinning receive engages it when it finds the ring empty right after
-/// taking two or more one-block messages in a row, so request/response
-/// traffic (one message, then a wait) never does, nor do streams of larger
+/// taking two or more one-block messages in a row from one lane, so
+/// request/response traffic (one message, then a wait) never does, nor do streams of larger
 /// messages, whose records have lines the consumer may not read at all.
 /// Engaged, before taking a message at least half a [`STRETCH`] past the
 /// last check (and on catching up), it waits for the producer's published
@@ -2421,9 +2445,11 @@ enum Step {
 #[cfg(not(loom))]
 #[derive(Debug, Default)]
 struct Lag {
-    /// One-block messages taken in a row since every lane last read as
-    /// empty.
+    /// One-block messages taken in a row from one lane since a receive
+    /// last found every lane empty.
     streak: u32,
+    /// `streak` when a receive last found every lane empty.
+    caught_up_after: u32,
     /// Whether receives keep behind the producer of `lane`.
     engaged: bool,
     lane: usize,
@@ -3340,6 +3366,17 @@ mod tests {
         for _ in 0..2 {
             producer.try_send(&[7; 200]).unwrap();
         }
+        for _ in 0..2 {
+            drop(consumer.recv(Wait::BusyPoll, short).unwrap());
+        }
+        assert_eq!(timed_out(&mut consumer), (0, 0));
+        assert!(!consumer.lag.engaged);
+        // Nor is one request from each of two producers.
+        let heap = Heap::new(RingLayout::new(4096, 24, 2).unwrap());
+        let (mut first, mut consumer) = heap.pair();
+        let mut second = heap.producer();
+        first.try_send(&[1; 24]).unwrap();
+        second.try_send(&[2; 24]).unwrap();
         for _ in 0..2 {
             drop(consumer.recv(Wait::BusyPoll, short).unwrap());
         }
