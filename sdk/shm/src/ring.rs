@@ -1953,9 +1953,7 @@ impl Consumer {
             }
             // Caught up with this lane: give its producer all the space we
             // hold, whatever the other lanes carry.
-            if self.tails[lane_index] != self.published[lane_index] {
-                self.publish_tail(lane_index);
-            }
+            self.publish_pending(lane_index);
             lane_index = after(lane_index);
         }
         #[cfg(not(loom))]
@@ -2029,9 +2027,15 @@ impl Consumer {
     /// Publishes every lane's pending `tail`.
     fn flush(&mut self) {
         for lane_index in 0..self.region.layout.lanes {
-            if self.tails[lane_index] != self.published[lane_index] {
-                self.publish_tail(lane_index);
-            }
+            self.publish_pending(lane_index);
+        }
+    }
+
+    /// Publishes a lane's `tail` if we released anything since we last did.
+    #[inline]
+    fn publish_pending(&mut self, lane_index: usize) {
+        if self.tails[lane_index] != self.published[lane_index] {
+            self.publish_tail(lane_index);
         }
     }
 
@@ -2209,9 +2213,7 @@ impl Consumer {
             self.lag.lane = lane_index;
         }
         // Free what we hold first: the producer may need it to get ahead.
-        if self.tails[lane_index] != self.published[lane_index] {
-            self.publish_tail(lane_index);
-        }
+        self.publish_pending(lane_index);
         let stretch = STRETCH.min(self.region.layout.capacity / 4) as u64;
         let target = self.tails[lane_index] + stretch;
         let head = self
